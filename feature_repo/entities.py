@@ -1,0 +1,10 @@
+"""Entities: what features are keyed by."""
+
+from feast import Entity, ValueType
+
+card = Entity(
+    name="card",
+    join_keys=["card_id"],
+    value_type=ValueType.STRING,
+    description="A payment card, by token (never a card number).",
+)

@@ -1,0 +1,11 @@
+"""Feature services, named after model generations: a model fetches exactly what it was
+trained on."""
+
+from feast import FeatureService
+from features import card_state
+
+fraud_model_v1 = FeatureService(
+    name="fraud_model_v1",
+    features=[card_state],
+    description="Inputs of the fraudscore LightGBM model, generation 1.",
+)

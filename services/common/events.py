@@ -1,0 +1,67 @@
+"""Transaction events: validation shared by the stream (-> DLQ) and the scorer (-> INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common import currency
+from services.proto.fraudscore.v1 import transaction_pb2
+
+#: No single card payment above this (in major units) is plausible; it is an upstream bug.
+MAX_AMOUNT_MAJOR = 1_000_000.0
+
+
+class InvalidTransaction(ValueError):
+    """A transaction that cannot be scored or counted; `field` names the culprit."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ValidTransaction:
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    amount: float
+    event_ms: int
+
+
+def looks_like_pan(value: str) -> bool:
+    """13-19 digits passing Luhn: a raw card number where a token belongs."""
+    digits = value.replace(" ", "").replace("-", "")
+    if not digits.isdigit() or not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def validate(txn: transaction_pb2.Transaction) -> ValidTransaction:
+    """Check a decoded transaction; raise InvalidTransaction naming the first bad field."""
+    if not txn.transaction_id:
+        raise InvalidTransaction("transaction_id", "is required")
+    if not txn.card_id:
+        raise InvalidTransaction("card_id", "is required")
+    if looks_like_pan(txn.card_id):
+        # The value itself must never be echoed: it may be a real card number.
+        raise InvalidTransaction("card_id", "looks like a card number; send a token")
+    if not txn.terminal_id:
+        raise InvalidTransaction("terminal_id", "is required")
+    if not txn.HasField("event_time") or txn.event_time.seconds <= 0:
+        raise InvalidTransaction("event_time", "is required")
+    if txn.amount_minor <= 0:
+        raise InvalidTransaction("amount_minor", "must be positive")
+    if not currency.is_known(txn.currency):
+        raise InvalidTransaction("currency", f"unknown ISO-4217 code {txn.currency[:8]!r}")
+    amount = currency.to_major(txn.amount_minor, txn.currency)
+    if amount > MAX_AMOUNT_MAJOR:
+        raise InvalidTransaction("amount_minor", "is implausibly large")
+    event_ms = txn.event_time.seconds * 1000 + txn.event_time.nanos // 1_000_000
+    return ValidTransaction(txn.transaction_id, txn.card_id, txn.terminal_id, amount, event_ms)

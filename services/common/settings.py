@@ -1,0 +1,169 @@
+"""Typed settings for every component, read from environment variables.
+
+Each section has its own prefix (``KAFKA_``, ``REDIS_``, ``FEAST_``, ``STREAM_``, ``SCORER_``,
+``TRAINING_``, ``OTEL_``), so one deployment's environment configures all services.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="forbid", env_file=None)
+
+
+class KafkaSettings(BaseSettings):
+    """Where the broker is and which topics carry what."""
+
+    model_config = _config("KAFKA_")
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated host:port list. Unset: `fraudctl dev`/`demo` start the "
+        "embedded tansu broker and use it.",
+    )
+    transactions_topic: str = Field("transactions", description="Transactions (protobuf).")
+    labels_topic: str = Field("fraud-labels", description="Confirmed fraud labels (protobuf).")
+    dlq_topic: str = Field(
+        "transactions.dlq", description="Malformed transactions, with the reason in a header."
+    )
+    scores_topic: str = Field("scores", description="Every score, for monitoring and training.")
+    partitions: int = Field(4, description="Partitions for topics that fraudscore creates.")
+    replication_factor: int = Field(1, description="Replication for topics fraudscore creates.")
+    session_timeout_ms: int = Field(
+        10_000, description="Consumer group session timeout; joins take about half of it."
+    )
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, ...")
+    sasl_username: str | None = Field(None, description="SASL user, if the broker needs one.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+
+    def require_bootstrap(self) -> str:
+        if not self.bootstrap_servers:
+            raise RuntimeError(
+                "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a broker, "
+                "or run `fraudctl dev up` to start the embedded one"
+            )
+        return self.bootstrap_servers
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings shared by producers, consumers and admin."""
+        conf = {
+            "bootstrap.servers": self.require_bootstrap(),
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.mechanisms"] = "PLAIN"
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class RedisSettings(BaseSettings):
+    """The Redis that backs Feast's online store."""
+
+    model_config = _config("REDIS_")
+
+    host: str = Field("127.0.0.1", description="Redis host.")
+    port: int = Field(6379, description="Redis port.")
+    db: int = Field(0, description="Redis logical database.")
+    password: SecretStr | None = Field(None, description="Redis AUTH password.")
+
+    def feast_connection_string(self) -> str:
+        conn = f"{self.host}:{self.port},db={self.db}"
+        if self.password is not None:
+            conn += f",password={self.password.get_secret_value()}"
+        return conn
+
+
+class FeastSettings(BaseSettings):
+    """The Feast feature store: definitions, registry and offline data location."""
+
+    model_config = _config("FEAST_")
+
+    definitions_dir: Path = Field(
+        Path(__file__).resolve().parents[2] / "feature_repo",
+        description="The feature_repo/ folder holding the Feast definitions.",
+    )
+    work_dir: Path = Field(
+        Path(".fraudscore/feature_repo"),
+        description="Where the runnable repo (definitions + generated feature_store.yaml, "
+        "registry, offline parquet under data/) is prepared.",
+    )
+    project: str = Field("fraudscore", description="Feast project name.")
+
+
+class StreamSettings(BaseSettings):
+    """The faust stream processor."""
+
+    model_config = _config("STREAM_")
+
+    app_id: str = Field("fraudscore-stream", description="Faust app id = consumer group.")
+    batch_size: int = Field(500, description="Max events per Feast write batch.")
+    batch_window_s: float = Field(0.2, description="Max seconds to wait to fill a batch.")
+    allowed_lateness_s: int = Field(
+        300, description="Events older than the card's latest event by more are dropped."
+    )
+    data_dir: Path = Field(Path(".fraudscore/stream"), description="Faust local data.")
+    web_port: int = Field(6066, description="Faust web (metrics) port; 0 disables it.")
+
+
+class ScorerSettings(BaseSettings):
+    """The gRPC scorer."""
+
+    model_config = _config("SCORER_")
+
+    address: str = Field("[::]:50051", description="gRPC listen address.")
+    metrics_port: int = Field(9464, description="Prometheus /metrics port; 0 disables it.")
+    model_dir: Path = Field(Path(".fraudscore/models"), description="The model registry folder.")
+    budget_ms: float = Field(50.0, description="Per-request budget for the feature+model path.")
+    breaker_fail_max: int = Field(5, description="Consecutive failures that open the breaker.")
+    breaker_reset_s: float = Field(10.0, description="Seconds before a half-open probe.")
+    review_threshold: float = Field(0.5, description="Score at or above which to REVIEW.")
+    decline_threshold: float = Field(0.9, description="Score at or above which to DECLINE.")
+    registry_poll_s: float = Field(5.0, description="How often to look for a new model.")
+    max_workers: int = Field(16, description="gRPC thread pool size.")
+
+
+class TrainingSettings(BaseSettings):
+    """The training job."""
+
+    model_config = _config("TRAINING_")
+
+    model_dir: Path = Field(Path(".fraudscore/models"), description="The model registry folder.")
+    train_days: int = Field(7, description="Length of the training period.")
+    delay_days: int = Field(7, description="Gap for label delay between train and test periods.")
+    test_days: int = Field(7, description="Length of the test period.")
+    seed: int = Field(42, description="Random seed.")
+    num_boost_round: int = Field(300, description="LightGBM max boosting rounds.")
+    learning_rate: float = Field(0.05, description="LightGBM learning rate.")
+    num_leaves: int = Field(31, description="LightGBM num_leaves.")
+    early_stopping_rounds: int = Field(30, description="Stop when validation AP stalls.")
+    promotion_tolerance: float = Field(
+        0.0, description="Promote if challenger AP >= champion AP - tolerance."
+    )
+
+
+class TelemetrySettings(BaseSettings):
+    """OpenTelemetry export."""
+
+    model_config = _config("OTEL_")
+
+    exporter_otlp_endpoint: str | None = Field(
+        None, description="OTLP gRPC endpoint (e.g. http://jaeger:4317); unset disables export."
+    )
+    service_name: str | None = Field(None, description="Overrides the service's own name.")
+    max_queue_size: int = Field(
+        65_536, description="BatchSpanProcessor queue; the default 2048 drops spans in bursts."
+    )
+
+
+class LogSettings(BaseSettings):
+    model_config = _config("LOG_")
+
+    level: str = Field("INFO", description="Root log level.")
+    json_format: bool = Field(False, description="One JSON object per line instead of text.")
