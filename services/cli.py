@@ -21,7 +21,6 @@ _COMMAND_MODULES = (
     "services.stream.cli",  # stream
     "services.scorer.cli",  # serve, model
     "training.cli",  # train
-    "services.bench.cli",  # bench
 )
 
 
@@ -29,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fraudctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

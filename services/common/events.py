@@ -1,4 +1,4 @@
-"""Transaction events: validation shared by the stream (-> DLQ) and the scorer (-> INVALID_ARGUMENT)."""
+"""Transaction validation shared by the stream (-> DLQ) and the scorer (-> INVALID_ARGUMENT)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ FEATURE_SERVICE = "fraud_model_v1"
 ENTITY_KEY = "card_id"
 TIMESTAMP = "event_timestamp"
 
+
 def feature_refs() -> list[str]:
     return [f"{FEATURE_VIEW}:{column}" for column in features.STATE_COLUMNS]
 

@@ -53,7 +53,7 @@ def ensure_topics(
 
 
 def make_producer(settings: KafkaSettings, **overrides: str | int | float) -> Producer:
-    conf: dict[str, str | int | float] = {
+    conf: dict[str, str | int | float | bool] = {
         **settings.client_config(),
         "linger.ms": 5,
         "enable.idempotence": False,

@@ -49,9 +49,9 @@ class KafkaSettings(BaseSettings):
             )
         return self.bootstrap_servers
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka (confluent-kafka) settings shared by producers, consumers and admin."""
-        conf = {
+        conf: dict[str, str | int | float | bool] = {
             "bootstrap.servers": self.require_bootstrap(),
             "security.protocol": self.security_protocol,
         }
@@ -146,6 +146,15 @@ class TrainingSettings(BaseSettings):
     promotion_tolerance: float = Field(
         0.0, description="Promote if challenger AP >= champion AP - tolerance."
     )
+    validation_days: int = Field(
+        1, description="Last days of the training period held out for early stopping."
+    )
+    min_data_in_leaf: int = Field(20, description="LightGBM min_data_in_leaf.")
+    scale_pos_weight: float | None = Field(
+        None,
+        description="Weight of fraud rows. Unset: sqrt(negatives/positives), which lifts rare "
+        "fraud without inflating scores as much as full balancing (the scorer thresholds them).",
+    )
 
 
 class TelemetrySettings(BaseSettings):
@@ -167,3 +176,20 @@ class LogSettings(BaseSettings):
 
     level: str = Field("INFO", description="Root log level.")
     json_format: bool = Field(False, description="One JSON object per line instead of text.")
+
+
+def to_env(*sections: BaseSettings) -> dict[str, str]:
+    """Environment variables that reproduce these settings in a child process."""
+    env: dict[str, str] = {}
+    for section in sections:
+        prefix = str(section.model_config.get("env_prefix", ""))
+        for name in type(section).model_fields:
+            value = getattr(section, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"{prefix}{name}".upper()] = str(value)
+    return env

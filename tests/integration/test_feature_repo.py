@@ -22,8 +22,13 @@ def test_card_state_round_trips_online_and_offline(feature_repo_dir: Path) -> No
     second = features.to_row(state)
 
     online = pd.DataFrame(
-        [{"card_id": "card-rt", "event_timestamp": pd.Timestamp(T0 + 60_000, unit="ms", tz="UTC"),
-          **second}]
+        [
+            {
+                "card_id": "card-rt",
+                "event_timestamp": pd.Timestamp(T0 + 60_000, unit="ms", tz="UTC"),
+                **second,
+            }
+        ]
     )
     store.push(feast_repo.PUSH_SOURCE, online, to=PushMode.ONLINE)
     offline_store.write_part(
