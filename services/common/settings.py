@@ -72,9 +72,16 @@ class RedisSettings(BaseSettings):
     port: int = Field(6379, description="Redis port.")
     db: int = Field(0, description="Redis logical database.")
     password: SecretStr | None = Field(None, description="Redis AUTH password.")
+    socket_timeout_s: float = Field(
+        2.0, description="Per-command socket timeout; a hung Redis must not hang a caller."
+    )
+    socket_connect_timeout_s: float = Field(1.0, description="Connect timeout.")
 
     def feast_connection_string(self) -> str:
-        conn = f"{self.host}:{self.port},db={self.db}"
+        conn = (
+            f"{self.host}:{self.port},db={self.db},socket_timeout={self.socket_timeout_s},"
+            f"socket_connect_timeout={self.socket_connect_timeout_s}"
+        )
         if self.password is not None:
             conn += f",password={self.password.get_secret_value()}"
         return conn
@@ -109,7 +116,19 @@ class StreamSettings(BaseSettings):
         300, description="Events older than the card's latest event by more are dropped."
     )
     data_dir: Path = Field(Path(".fraudscore/stream"), description="Faust local data.")
-    web_port: int = Field(6066, description="Faust web (metrics) port; 0 disables it.")
+    web_port: int = Field(6066, description="Faust's own web pages (stats); 0 disables it.")
+    metrics_port: int = Field(9465, description="Prometheus /metrics port; 0 disables it.")
+    setup_on_start: bool = Field(
+        True,
+        description="Prepare the Feast repo, run `feast apply` and create missing topics "
+        "before consuming; turn off where a deploy step does that.",
+    )
+    write_retry_max_s: float = Field(
+        30.0, description="Longest backoff between retries of a failed store call or batch."
+    )
+    cache_max_cards: int = Field(
+        100_000, description="Card states kept in memory; the least recently used go first."
+    )
 
 
 class ScorerSettings(BaseSettings):
@@ -127,6 +146,9 @@ class ScorerSettings(BaseSettings):
     decline_threshold: float = Field(0.9, description="Score at or above which to DECLINE.")
     registry_poll_s: float = Field(5.0, description="How often to look for a new model.")
     max_workers: int = Field(16, description="gRPC thread pool size.")
+    shutdown_grace_s: float = Field(
+        5.0, description="On SIGTERM, seconds in-flight calls get to finish before cancel."
+    )
 
 
 class TrainingSettings(BaseSettings):

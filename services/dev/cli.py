@@ -53,7 +53,7 @@ def _dev_up(args: argparse.Namespace) -> int:
         stack.start_infrastructure()
         if not args.no_services:
             stack.start_stream()
-            address = stack.start_scorer()
+            address = stack.start_scorer(require_model=False)
             log.info("scorer: %s", address)
         log.info(
             "stack up: KAFKA_BOOTSTRAP_SERVERS=%s FEAST_WORK_DIR=%s; Ctrl-C to stop",

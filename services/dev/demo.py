@@ -106,7 +106,7 @@ def run(options: DemoOptions) -> int:
         history_end = _replay_history(stack, options, now)
         _train(stack, history_end)
         address = stack.start_scorer()
-        stats = _score_live(stack, options, address)
+        stats = _score_live(stack, options, address, now - timedelta(days=options.days))
     except (StackError, TimeoutError) as exc:
         log.error("demo failed: %s", exc)
         return 1
@@ -165,12 +165,13 @@ def _train(stack: LocalStack, cutoff_ms: int) -> None:
     log.info("training: %s", result)
 
 
-def _score_live(stack: LocalStack, options: DemoOptions, address: str) -> LiveStats:
+def _score_live(
+    stack: LocalStack, options: DemoOptions, address: str, history_start: datetime
+) -> LiveStats:
     from services.simulator import generate
 
     kafka_producer = producer_for(stack.kafka)
     stats = LiveStats()
-    interval = 1.0 / options.rate
     deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
     next_summary = time.monotonic() + options.summary_every_s
     log.info(
@@ -180,21 +181,24 @@ def _score_live(stack: LocalStack, options: DemoOptions, address: str) -> LiveSt
     )
     with grpc.insecure_channel(address) as channel:
         stub = scorer_pb2_grpc.FraudScorerStub(channel)
-        for batch in generate.live_batches(
+        # Same world and clock origin as the history; compressed time so the demo has traffic.
+        live = generate.live_batches(
             generate.SimConfig(
                 n_customers=options.customers,
                 n_terminals=options.terminals,
                 n_days=options.days,
+                start=history_start,
                 seed=options.seed,
             ),
-            batch_seconds=options.summary_every_s,
-        ):
+            batch_seconds=1.0,
+            events_per_s=options.rate,
+        )
+        for batch in live:
             for _, row in batch.iterrows():
                 if deadline is not None and time.monotonic() >= deadline:
                     kafka_producer.flush(10)
                     return stats
                 _score_one(stub, row, stats, stack, kafka_producer)
-                time.sleep(interval)
                 if time.monotonic() >= next_summary:
                     stack.check_alive()
                     log.info("live: %s", stats.summary())

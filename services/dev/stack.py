@@ -57,8 +57,9 @@ def check_redis(settings: RedisSettings) -> None:
         ) from exc
 
 
-def wait_serving(address: str, timeout_s: float) -> None:
-    """Block until the scorer's health service says SERVING."""
+def wait_serving(address: str, timeout_s: float, require_model: bool = True) -> None:
+    """Block until the scorer's health service says SERVING (or answers at all, without
+    `require_model`: with no model promoted yet it serves the fallback and reports NOT_SERVING)."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     with grpc.insecure_channel(address) as channel:
@@ -66,7 +67,7 @@ def wait_serving(address: str, timeout_s: float) -> None:
         while time.monotonic() < deadline:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING or not require_model:
                     return
                 last = reply.status
             except grpc.RpcError as exc:
@@ -114,12 +115,12 @@ class LocalStack:
     def start_stream(self) -> None:
         self._spawn("stream", [sys.executable, "-m", "services.stream"])
 
-    def start_scorer(self, wait_s: float = 60.0) -> str:
+    def start_scorer(self, wait_s: float = 90.0, require_model: bool = True) -> str:
         if self.scorer.address.endswith(":0"):
             self.scorer = self.scorer.model_copy(update={"address": f"127.0.0.1:{free_port()}"})
         self._spawn("scorer", [sys.executable, "-m", "services.scorer"])
         address = self.scorer.address.replace("[::]", "127.0.0.1")
-        wait_serving(address, wait_s)
+        wait_serving(address, wait_s, require_model)
         log.info("scorer serving on %s", address)
         return address
 

@@ -1,0 +1,1 @@
+"""The gRPC fraud scorer: LightGBM on Feast online features, with a rule-based fallback."""

@@ -1,0 +1,7 @@
+"""`python -m services.scorer`: serve until SIGTERM."""
+
+import sys
+
+from services.scorer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,229 @@
+"""The scorer's gRPC server: FraudScorer, grpc.health.v1 and reflection on one port.
+
+Health ("" and "fraudscore.v1.FraudScorer") says NOT_SERVING until a model is loaded, so a load
+balancer only routes traffic to a scorer that can use its model.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+
+from services.common.model_registry import ModelRegistry
+from services.common.settings import (
+    FeastSettings,
+    RedisSettings,
+    ScorerSettings,
+    TelemetrySettings,
+)
+from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc
+from services.scorer.breaker import GuardedPath
+from services.scorer.interceptors import DomainErrorInterceptor
+from services.scorer.metrics import ScorerMetrics
+from services.scorer.model import LoadedModel
+from services.scorer.online_features import FeatureReader
+from services.scorer.registry import ModelHolder
+from services.scorer.servicer import FraudScorerServicer, ScoreHook
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = scorer_pb2.DESCRIPTOR.services_by_name["FraudScorer"].full_name
+
+
+class ScorerServer(grpc.Server):
+    """A started grpc.Server that also owns the scorer's helpers: stopping it stops them."""
+
+    def __init__(
+        self,
+        inner: grpc.Server,
+        servicer: FraudScorerServicer,
+        health_servicer: health.HealthServicer,
+        owns_watcher: bool,
+    ) -> None:
+        self._inner = inner
+        self.servicer = servicer
+        self.health = health_servicer
+        self._owns_watcher = owns_watcher
+
+    @property
+    def model_holder(self) -> ModelHolder:
+        return self.servicer.model_holder
+
+    @property
+    def guarded(self) -> GuardedPath:
+        return self.servicer.guarded
+
+    @property
+    def metrics(self) -> ScorerMetrics:
+        return self.servicer.metrics
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        self._inner.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self._inner.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: Any) -> int:
+        return int(self._inner.add_secure_port(address, server_credentials))
+
+    def start(self) -> None:
+        self._inner.start()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self._inner.wait_for_termination(timeout))
+
+    def stop(self, grace: float | None) -> threading.Event:
+        # Tell health checkers first, so balancers drain us during the grace period.
+        self.health.enter_graceful_shutdown()
+        if self._owns_watcher:
+            self.model_holder.stop_watching()
+        done: threading.Event = self._inner.stop(grace)
+
+        def release() -> None:
+            done.wait()
+            self.guarded.shutdown()
+
+        threading.Thread(target=release, name="scorer-release", daemon=True).start()
+        return done
+
+
+def create_server(
+    address: str,
+    settings: ScorerSettings | None = None,
+    *,
+    feature_reader: FeatureReader,
+    model_holder: ModelHolder | None = None,
+    metrics: ScorerMetrics | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    on_scored: ScoreHook | None = None,
+    watch_registry: bool = True,
+    tracer: trace.Tracer | None = None,
+) -> tuple[ScorerServer, int]:
+    """Build, bind and start the scorer; returns the server and the bound port.
+
+    `model_holder` defaults to the champion of `settings.model_dir`; its first load happens
+    here, and with `watch_registry` a thread follows promotions every `registry_poll_s`.
+    `on_scored` sees every ScoreOutcome (features included) after the answer is built.
+    """
+    settings = settings or ScorerSettings()
+    metrics = metrics or ScorerMetrics()
+    holder = model_holder or ModelHolder(ModelRegistry(settings.model_dir))
+    guarded = GuardedPath(
+        fail_max=settings.breaker_fail_max,
+        reset_timeout_s=settings.breaker_reset_s,
+        max_workers=settings.max_workers,
+        on_state=metrics.set_breaker_state,
+    )
+    metrics.set_breaker_state(guarded.state)
+
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def on_model(model: LoadedModel) -> None:
+        metrics.set_model(model.model_version)
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    holder.add_listener(on_model)
+    holder.refresh()
+    if holder.current is None:
+        log.warning(
+            "no loadable champion in %s yet: NOT_SERVING, the rules answer meanwhile",
+            holder.registry.root,
+        )
+
+    servicer = FraudScorerServicer(
+        settings,
+        feature_reader,
+        holder,
+        guarded,
+        metrics,
+        clock=clock,
+        on_scored=on_scored,
+        tracer=tracer,
+    )
+    inner = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+        interceptors=[DomainErrorInterceptor()],
+    )
+    scorer_pb2_grpc.add_FraudScorerServicer_to_server(servicer, inner)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
+    )
+    port = int(inner.add_insecure_port(address))
+    if port == 0:
+        guarded.shutdown()
+        raise RuntimeError(f"cannot bind the scorer to {address}")
+    inner.start()
+    if watch_registry:
+        holder.start_watching(settings.registry_poll_s)
+    log.info("scorer listening on %s (port %s)", address, port)
+    return ScorerServer(inner, servicer, health_servicer, owns_watcher=watch_registry), port
+
+
+def serve(
+    settings: ScorerSettings | None = None,
+    feast: FeastSettings | None = None,
+    redis: RedisSettings | None = None,
+    telemetry: TelemetrySettings | None = None,
+    address: str | None = None,
+) -> int:
+    """Run the scorer until SIGTERM/SIGINT, then stop gracefully. Returns an exit code."""
+    from prometheus_client import start_http_server
+
+    from services.common import feast_repo
+    from services.common import telemetry as tracing
+    from services.scorer.online_features import FeastFeatureReader
+
+    settings = settings or ScorerSettings()
+    feast = feast or FeastSettings()
+    redis = redis or RedisSettings()
+    tracing.configure_tracing("fraudscore-scorer", telemetry)
+
+    repo_dir = feast_repo.prepare(feast, redis)
+    if not (repo_dir / "data" / "registry.db").exists():
+        feast_repo.apply(repo_dir)
+    reader = FeastFeatureReader(feast_repo.open_store(repo_dir))
+    reader.warm_up()
+
+    metrics = ScorerMetrics()
+    if settings.metrics_port > 0:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+        log.info("metrics on :%s/metrics", settings.metrics_port)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server, _ = create_server(
+            address or settings.address, settings, feature_reader=reader, metrics=metrics
+        )
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    while not stop.wait(1.0):
+        pass
+    server.stop(settings.shutdown_grace_s).wait()
+    tracing.shutdown_tracing()
+    log.info("scorer stopped")
+    return 0

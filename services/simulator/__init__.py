@@ -1,0 +1,1 @@
+"""Simulated card transactions (the Fraud Detection Handbook's design) and their Kafka producer."""

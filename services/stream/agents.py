@@ -1,0 +1,238 @@
+"""Faust glue: consume batches, send rejects to the DLQ, hand the rest to the sink.
+
+Delivery is at-least-once: `take_events` acks a batch only after the handler returned, and a
+failed store call is retried (with backoff) rather than raised, because faust acks a batch
+even when its handler crashes. Redelivered transactions are harmless: their ids are in the
+stored state, so they come back as DUPLICATE and nothing is written.
+
+Write order per batch: offline parts, then the online push. The offline history is then never
+behind what the scorer was served; a crash in between only repeats offline rows on redelivery
+(identical content, readers deduplicate by transaction_id), whereas the other order could
+lose them for good, because the redelivered transactions would be DUPLICATE online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from faust.types import AppT, EventT, TopicT
+
+from services.common.events import ValidTransaction
+from services.common.features import Outcome
+from services.stream import metrics, processor
+from services.stream.processor import CachedCard, Rejected, StateCache
+from services.stream.sink import FeastSink
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StoreCaller:
+    """Runs blocking sink calls in the sink's thread, retrying failures with backoff."""
+
+    def __init__(self, sink: FeastSink, retry_max_s: float) -> None:
+        self.sink = sink
+        self.retry_max_s = retry_max_s
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            try:
+                return await loop.run_in_executor(self.sink.executor, fn, *args)
+            except Exception:
+                metrics.WRITE_ERRORS.labels(what).inc()
+                log.exception("%s failed; retrying in %.1fs", what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+
+class DeadLetters:
+    """Sends rejected messages, untouched, to the DLQ topic and waits for the broker's ack."""
+
+    def __init__(self, topic: TopicT, kind: str) -> None:
+        self.topic = topic
+        self.kind = kind
+
+    async def send(self, rejects: Sequence[tuple[EventT, Rejected]]) -> None:
+        pending = []
+        for event, rejected in rejects:
+            message = event.message
+            log.warning(
+                "DLQ %s %s[%s]@%s: %s %s",
+                self.kind,
+                message.topic,
+                message.partition,
+                message.offset,
+                rejected.field,
+                rejected.reason,
+            )
+            pending.append(
+                await self.topic.send(
+                    key=message.key,
+                    value=message.value,
+                    headers=rejected.headers(message.topic, message.partition, message.offset),
+                )
+            )
+            metrics.DLQ.labels(self.kind, rejected.field).inc()
+        # Delivered before the batch is acked, so a crash cannot lose a reject.
+        if pending:
+            await asyncio.gather(*pending)
+
+
+async def until_done(
+    kind: str,
+    handle: Callable[[Sequence[EventT]], Awaitable[None]],
+    batch: Sequence[EventT],
+    retry_max_s: float,
+) -> None:
+    """Handle a batch, retrying it whole on any error (handlers change nothing until they succeed;
+    a retry can at worst repeat DLQ sends). Raising instead would lose it: faust acks the batch
+    and restarts the agent."""
+    delay = 0.1
+    while True:
+        try:
+            await handle(batch)
+            return
+        except Exception:
+            metrics.BATCH_RETRIES.labels(kind).inc()
+            log.exception("%s batch of %s failed; retrying in %.1fs", kind, len(batch), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry_max_s)
+
+
+class TransactionHandler:
+    """One batch of `Transaction` events -> DLQ, card states, offline parts, one online push."""
+
+    def __init__(
+        self,
+        store: StoreCaller,
+        dead_letters: DeadLetters,
+        cache: StateCache,
+        allowed_lateness_ms: int,
+    ) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self.cache = cache
+        self.allowed_lateness_ms = allowed_lateness_ms
+
+    async def handle(self, batch: Sequence[EventT]) -> None:
+        metrics.EVENTS.labels("transaction").inc(len(batch))
+        metrics.BATCH_SIZE.labels("transaction").observe(len(batch))
+        valid: list[ValidTransaction] = []
+        rejects: list[tuple[EventT, Rejected]] = []
+        for event in batch:
+            parsed = processor.parse_transaction(event.message.value)
+            if isinstance(parsed, Rejected):
+                rejects.append((event, parsed))
+            else:
+                valid.append(parsed)
+        await self.dead_letters.send(rejects)
+        if valid:
+            await self._apply(valid)
+
+    async def _apply(self, valid: list[ValidTransaction]) -> None:
+        generation = self.cache.generation
+        cards, misses = self.cache.split(dict.fromkeys(t.card_id for t in valid))
+        if misses:
+            cards.update(await self.store.call("load", self.store.sink.load, misses))
+        result = processor.fold_batch(
+            valid,
+            {card_id: entry.state for card_id, entry in cards.items()},
+            self.allowed_lateness_ms,
+        )
+        for outcome, count in result.outcomes.items():
+            if count:
+                metrics.TRANSACTIONS.labels(outcome.value).inc(count)
+        now_us = time.time_ns() // 1000
+        stamps = {
+            card_id: processor.next_stamp_us(cards[card_id].stamp_floor_us, now_us)
+            for card_id in result.states
+        }
+        sink = self.store.sink
+        await self.store.call(
+            "offline", sink.write_offline, result.state_rows, result.transaction_rows
+        )
+        await self.store.call("online", sink.push_online, result.states, stamps)
+        # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
+        updated = dict(cards)
+        updated.update(
+            {
+                card_id: CachedCard(state, stamps[card_id])
+                for card_id, state in result.states.items()
+            }
+        )
+        if not self.cache.update(updated, generation):
+            log.info("rebalance during a batch: its card states are not cached")
+        late = result.outcomes[Outcome.LATE]
+        duplicates = result.outcomes[Outcome.DUPLICATE]
+        if late or duplicates:
+            log.info(
+                "batch: %s applied, %s duplicate, %s late", len(result.state_rows), duplicates, late
+            )
+
+
+class LabelHandler:
+    """One batch of `FraudLabel` events -> DLQ or one label-log part."""
+
+    def __init__(self, store: StoreCaller, dead_letters: DeadLetters) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+
+    async def handle(self, batch: Sequence[EventT]) -> None:
+        metrics.EVENTS.labels("label").inc(len(batch))
+        metrics.BATCH_SIZE.labels("label").observe(len(batch))
+        rows: list[dict[str, Any]] = []
+        rejects: list[tuple[EventT, Rejected]] = []
+        for event in batch:
+            parsed = processor.parse_label(event.message.value)
+            if isinstance(parsed, Rejected):
+                rejects.append((event, parsed))
+            else:
+                rows.append(parsed)
+        await self.dead_letters.send(rejects)
+        if rows:
+            # Redelivery can repeat a label row; readers keep one per transaction_id.
+            await self.store.call("labels", self.store.sink.write_labels, rows)
+
+
+def attach(
+    app: AppT,
+    *,
+    transactions: TopicT,
+    labels: TopicT,
+    transaction_handler: TransactionHandler,
+    label_handler: LabelHandler,
+    cache: StateCache,
+    batch_size: int,
+    batch_window_s: float,
+    retry_max_s: float,
+) -> None:
+    """Register both agents and the rebalance hook on `app`."""
+
+    @app.agent(transactions, name="transactions")
+    async def transactions_agent(stream: Any) -> None:
+        async for batch in stream.take_events(batch_size, within=batch_window_s):
+            await until_done("transaction", transaction_handler.handle, batch, retry_max_s)
+
+    @app.agent(labels, name="labels")
+    async def labels_agent(stream: Any) -> None:
+        async for batch in stream.take_events(batch_size, within=batch_window_s):
+            await until_done("label", label_handler.handle, batch, retry_max_s)
+
+    # Another worker may own a revoked partition's cards now: its cached states would go stale.
+    # Cards do not map to partitions here, so the whole cache goes, on revoke and on assign.
+    @app.on_partitions_revoked.connect
+    async def _on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if len(cache):
+            log.info("partitions revoked: dropping %s cached card states", len(cache))
+        cache.clear()
+
+    @app.on_partitions_assigned.connect
+    async def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        cache.clear()

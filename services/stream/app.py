@@ -1,0 +1,130 @@
+"""The faust App of the stream processor, built from settings, and the worker that runs it."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+import faust
+
+from services.common import feast_repo, kafka
+from services.common.settings import FeastSettings, KafkaSettings, RedisSettings, StreamSettings
+from services.stream import agents, metrics
+from services.stream.processor import StateCache
+from services.stream.sink import FeastSink
+
+log = logging.getLogger(__name__)
+
+
+def broker_urls(settings: KafkaSettings) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in settings.require_bootstrap().split(",")]
+
+
+def _credentials(settings: KafkaSettings) -> faust.types.auth.CredentialsT | None:
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        if not settings.sasl_username or settings.sasl_password is None:
+            raise RuntimeError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            ssl_context=context,
+        )
+    if context is None:
+        raise RuntimeError(f"unsupported KAFKA_SECURITY_PROTOCOL {settings.security_protocol!r}")
+    return faust.SSLCredentials(context)
+
+
+def make_app(
+    kafka_settings: KafkaSettings,
+    stream_settings: StreamSettings,
+    sink: FeastSink,
+) -> faust.App:
+    """One App: the transactions and labels agents writing through `sink`."""
+    app = faust.App(
+        stream_settings.app_id,
+        broker=broker_urls(kafka_settings),
+        broker_credentials=_credentials(kafka_settings),
+        # No tables: card state lives in the online store, so nothing needs a changelog.
+        store="memory://",
+        datadir=str(stream_settings.data_dir),
+        broker_session_timeout=kafka_settings.session_timeout_ms / 1000,
+        # Never "latest": brokers may report low end offsets for librdkafka-written topics.
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=kafka_settings.partitions,
+        web_enabled=stream_settings.web_port > 0,
+        web_port=stream_settings.web_port or 6066,
+        autodiscover=False,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    cache = StateCache(max_cards=stream_settings.cache_max_cards)
+    store = agents.StoreCaller(sink, stream_settings.write_retry_max_s)
+    dlq = raw_topic(kafka_settings.dlq_topic)
+    agents.attach(
+        app,
+        transactions=raw_topic(kafka_settings.transactions_topic),
+        labels=raw_topic(kafka_settings.labels_topic),
+        transaction_handler=agents.TransactionHandler(
+            store,
+            agents.DeadLetters(dlq, "transaction"),
+            cache,
+            allowed_lateness_ms=stream_settings.allowed_lateness_s * 1000,
+        ),
+        label_handler=agents.LabelHandler(store, agents.DeadLetters(dlq, "label")),
+        cache=cache,
+        batch_size=stream_settings.batch_size,
+        batch_window_s=stream_settings.batch_window_s,
+        retry_max_s=stream_settings.write_retry_max_s,
+    )
+    return app
+
+
+def prepare(
+    kafka_settings: KafkaSettings,
+    feast_settings: FeastSettings,
+    redis_settings: RedisSettings,
+    stream_settings: StreamSettings,
+) -> Path:
+    """The Feast repo dir, prepared/applied and topics created first if the settings ask so."""
+    if not stream_settings.setup_on_start:
+        return feast_settings.work_dir.resolve()
+    kafka.ensure_topics(
+        kafka_settings,
+        [kafka_settings.transactions_topic, kafka_settings.labels_topic, kafka_settings.dlq_topic],
+    )
+    return feast_repo.prepare_and_apply(feast_settings, redis_settings)
+
+
+def run_worker() -> int:
+    """Run the worker until SIGTERM/SIGINT; configured only by environment variables."""
+    kafka_settings = KafkaSettings()
+    stream_settings = StreamSettings()
+    repo_dir = prepare(kafka_settings, FeastSettings(), RedisSettings(), stream_settings)
+    sink = FeastSink(repo_dir)
+    stream_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = make_app(kafka_settings, stream_settings, sink)
+    metrics.serve(stream_settings.metrics_port)
+    log.info(
+        "stream worker %s: %s -> feast repo %s",
+        stream_settings.app_id,
+        kafka_settings.transactions_topic,
+        repo_dir,
+    )
+    # mode's Worker installs SIGTERM/SIGINT handlers that stop the app gracefully (the agents
+    # finish their batch, offsets are committed) and then exits the process.
+    # quiet: no banner or spinner on stdout, which is a log stream in a container.
+    worker = faust.Worker(
+        app, loglevel=logging.getLogger().level, override_logging=False, quiet=True
+    )
+    try:
+        worker.execute_from_commandline()
+    finally:
+        sink.close()
+    return 0

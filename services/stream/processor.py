@@ -1,0 +1,231 @@
+"""The stream's batch logic, free of Kafka and Feast so it can be tested on its own.
+
+A batch goes: raw bytes -> `parse_transaction` (a `ValidTransaction` or a `Rejected` for the
+DLQ) -> `fold_batch` over the cards' current states -> rows for the offline store and the final
+state per card for the online store. The faust agents only move bytes and call these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from google.protobuf.message import DecodeError
+
+from services.common import events, features, offline_store
+from services.common.events import InvalidTransaction, ValidTransaction
+from services.common.features import CardState, Outcome
+from services.proto.fraudscore.v1 import transaction_pb2
+
+#: `field` header value when the payload itself could not be decoded.
+PAYLOAD_FIELD = "payload"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why a message goes to the DLQ instead of being counted."""
+
+    field: str
+    reason: str
+
+    def headers(self, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+        """DLQ headers: what was wrong and where the original lives, for replay after a fix."""
+        return [
+            ("reason", self.reason.encode()),
+            ("field", self.field.encode()),
+            ("original_topic", topic.encode()),
+            ("original_partition", str(partition).encode()),
+            ("original_offset", str(offset).encode()),
+        ]
+
+
+def _decode_error(exc: Exception) -> Rejected:
+    # The parser's message is short and never echoes the payload, so it is safe to forward.
+    return Rejected(PAYLOAD_FIELD, f"undecodable protobuf: {str(exc)[:200]}")
+
+
+def parse_transaction(raw: bytes | None) -> ValidTransaction | Rejected:
+    """Decode and validate one `Transaction` message."""
+    if not raw:
+        return Rejected(PAYLOAD_FIELD, "empty message")
+    txn = transaction_pb2.Transaction()
+    try:
+        txn.ParseFromString(raw)
+    except DecodeError as exc:
+        return _decode_error(exc)
+    try:
+        return events.validate(txn)
+    except InvalidTransaction as exc:
+        return Rejected(exc.field, exc.reason)
+
+
+def _timestamp_ms(ts: Any) -> int:
+    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
+
+
+def parse_label(raw: bytes | None) -> dict[str, Any] | Rejected:
+    """Decode one `FraudLabel` into a row of `offline_store.LABELS_SCHEMA`."""
+    if not raw:
+        return Rejected(PAYLOAD_FIELD, "empty message")
+    label = transaction_pb2.FraudLabel()
+    try:
+        label.ParseFromString(raw)
+    except DecodeError as exc:
+        return _decode_error(exc)
+    if not label.transaction_id:
+        return Rejected("transaction_id", "is required")
+    if not label.card_id:
+        return Rejected("card_id", "is required")
+    if events.looks_like_pan(label.card_id):
+        return Rejected("card_id", "looks like a card number; send a token")
+    # Training joins labels by transaction and keeps those known at its cutoff: both times matter.
+    if not label.HasField("reported_at") or label.reported_at.seconds <= 0:
+        return Rejected("reported_at", "is required")
+    if not label.HasField("transaction_time") or label.transaction_time.seconds <= 0:
+        return Rejected("transaction_time", "is required")
+    return {
+        "transaction_id": label.transaction_id,
+        "card_id": label.card_id,
+        "terminal_id": label.terminal_id,
+        "is_fraud": bool(label.is_fraud),
+        "transaction_ms": _timestamp_ms(label.transaction_time),
+        "reported_at": _timestamp_ms(label.reported_at) * 1000,
+    }
+
+
+@dataclass
+class BatchResult:
+    """What one batch of valid transactions changed."""
+
+    #: Final state of every card that had at least one APPLIED transaction.
+    states: dict[str, CardState] = field(default_factory=dict)
+    #: (card_id, event_ms, features.to_row(state after it)) per APPLIED transaction.
+    state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
+    #: Rows of `offline_store.TRANSACTIONS_SCHEMA`, one per APPLIED transaction.
+    transaction_rows: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+
+
+def group_by_card(txns: Iterable[ValidTransaction]) -> dict[str, list[ValidTransaction]]:
+    """Transactions per card in event order; ties keep arrival order (the sort is stable)."""
+    grouped: dict[str, list[ValidTransaction]] = {}
+    for txn in txns:
+        grouped.setdefault(txn.card_id, []).append(txn)
+    for card_txns in grouped.values():
+        card_txns.sort(key=lambda t: t.event_ms)
+    return grouped
+
+
+def fold_batch(
+    txns: Sequence[ValidTransaction],
+    states: Mapping[str, CardState | None],
+    allowed_lateness_ms: int,
+) -> BatchResult:
+    """Apply a batch to copies of the cards' states (the inputs stay untouched, so a batch whose
+    writes fail leaves any cache as it was)."""
+    result = BatchResult()
+    for card_id, card_txns in group_by_card(txns).items():
+        current = states.get(card_id)
+        state = current.copy() if current is not None else CardState()
+        changed = False
+        for txn in card_txns:
+            outcome = features.apply_transaction(
+                state, txn.transaction_id, txn.event_ms, txn.amount, allowed_lateness_ms
+            )
+            result.outcomes[outcome] += 1
+            if outcome is not Outcome.APPLIED:
+                continue
+            changed = True
+            result.state_rows.append((card_id, txn.event_ms, features.to_row(state)))
+            result.transaction_rows.append(
+                {
+                    "transaction_id": txn.transaction_id,
+                    "card_id": card_id,
+                    "terminal_id": txn.terminal_id,
+                    "amount": txn.amount,
+                    "event_ms": txn.event_ms,
+                    "event_timestamp": txn.event_ms * 1000,
+                }
+            )
+        if changed:
+            result.states[card_id] = state
+    return result
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (timestamps as epoch microseconds) -> a table of `schema`."""
+    return pa.table(
+        [pa.array([row[f.name] for row in rows], type=f.type) for f in schema], schema=schema
+    )
+
+
+def transactions_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return rows_table(rows, offline_store.TRANSACTIONS_SCHEMA)
+
+
+def labels_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return rows_table(rows, offline_store.LABELS_SCHEMA)
+
+
+def next_stamp_us(floor_us: int, now_us: int) -> int:
+    """The online write's timestamp: wall clock, but always after the card's previous write.
+
+    Feast's Redis store drops a write not newer than the stored one, and an out-of-order event
+    (within the lateness) changes the state without moving `last_event_ms`, so the state's
+    event time cannot be the stamp.
+    """
+    return max(now_us, floor_us + 1)
+
+
+@dataclass
+class CachedCard:
+    state: CardState | None
+    #: The online write must be stamped after this (epoch microseconds).
+    stamp_floor_us: int
+
+
+class StateCache:
+    """Card states this worker owns, so a busy card costs no Redis read per batch.
+
+    Only correct while this worker owns the card's partition: `clear()` on every rebalance. The
+    generation stops a batch that started before a rebalance from refilling the cleared cache.
+    """
+
+    def __init__(self, max_cards: int = 100_000) -> None:
+        self._cards: dict[str, CachedCard] = {}
+        self.max_cards = max_cards
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    def clear(self) -> None:
+        self._cards.clear()
+        self.generation += 1
+
+    def split(self, card_ids: Iterable[str]) -> tuple[dict[str, CachedCard], list[str]]:
+        """(cached entries, ids to load from the store)."""
+        hits: dict[str, CachedCard] = {}
+        misses: list[str] = []
+        for card_id in card_ids:
+            # pop + re-insert keeps the dict in least-recently-used order for eviction.
+            entry = self._cards.pop(card_id, None)
+            if entry is None:
+                misses.append(card_id)
+            else:
+                self._cards[card_id] = entry
+                hits[card_id] = entry
+        return hits, misses
+
+    def update(self, entries: Mapping[str, CachedCard], generation: int) -> bool:
+        """Store entries read or written under `generation`; False if a rebalance intervened."""
+        if generation != self.generation:
+            return False
+        for card_id, entry in entries.items():
+            self._cards.pop(card_id, None)
+            self._cards[card_id] = entry
+        while len(self._cards) > self.max_cards:
+            del self._cards[next(iter(self._cards))]
+        return True

@@ -1,0 +1,118 @@
+"""The stream's reads and writes: card states in Feast (online, Redis) and offline parquet parts.
+
+Every method blocks; the agents call them through `FeastSink.executor`, one thread, which keeps
+the event loop consuming and serializes use of the FeatureStore (not documented thread-safe).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from services.common import feast_repo, features, offline_store
+from services.common.features import CardState
+from services.stream import metrics, processor
+from services.stream.processor import CachedCard
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+_TS_SUFFIX = "__ts"
+
+
+def push_frame(states: Mapping[str, CardState], stamps_us: Mapping[str, int]) -> pd.DataFrame:
+    """One row per card for `store.push`: card_id, event_timestamp and every state column."""
+    rows = [
+        {
+            feast_repo.ENTITY_KEY: card_id,
+            feast_repo.TIMESTAMP: pd.Timestamp(stamps_us[card_id], unit="us", tz="UTC"),
+            **features.to_row(state),
+        }
+        for card_id, state in states.items()
+    ]
+    columns = [feast_repo.ENTITY_KEY, feast_repo.TIMESTAMP, *features.STATE_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cached_from_online(
+    card_ids: Sequence[str], online: Mapping[str, list[Any]]
+) -> dict[str, CachedCard]:
+    """`OnlineResponse.to_dict(include_event_timestamps=True)` -> one CachedCard per card."""
+    out: dict[str, CachedCard] = {}
+    ts_column = online.get(f"last_event_ms{_TS_SUFFIX}")
+    for i, card_id in enumerate(card_ids):
+        row = {column: online[column][i] for column in features.STATE_COLUMNS}
+        state = features.from_row(row)
+        # The store keeps whole seconds here: the next write must come after the next second.
+        seconds = int(ts_column[i]) if ts_column is not None and state is not None else 0
+        floor = (seconds + 1) * 1_000_000 - 1 if seconds > 0 else 0
+        out[card_id] = CachedCard(state=state, stamp_floor_us=floor)
+    return out
+
+
+class FeastSink:
+    """Reads and writes of one prepared, applied Feast repo."""
+
+    def __init__(self, repo_dir: Path, store: FeatureStore | None = None) -> None:
+        self.repo_dir = repo_dir
+        self.store = store if store is not None else feast_repo.open_store(repo_dir)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-io")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    def load(self, card_ids: Sequence[str]) -> dict[str, CachedCard]:
+        """The stored state of each card, in one online read (None for a card never seen)."""
+        if not card_ids:
+            return {}
+        started = time.perf_counter()
+        response = self.store.get_online_features(
+            features=feast_repo.feature_refs(),
+            entity_rows=[{feast_repo.ENTITY_KEY: card_id} for card_id in card_ids],
+        )
+        loaded = cached_from_online(card_ids, response.to_dict(include_event_timestamps=True))
+        metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
+        return loaded
+
+    def write_offline(
+        self,
+        state_rows: list[tuple[str, int, dict[str, object]]],
+        transaction_rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Append the batch's card_state history and transaction log as one part each."""
+        if not state_rows:
+            return
+        started = time.perf_counter()
+        offline_store.write_part(
+            self.repo_dir / offline_store.CARD_STATE_DIR,
+            offline_store.card_state_table(state_rows),
+        )
+        offline_store.write_part(
+            self.repo_dir / offline_store.TRANSACTIONS_DIR,
+            processor.transactions_table(transaction_rows),
+        )
+        metrics.WRITE_SECONDS.labels("offline").observe(time.perf_counter() - started)
+
+    def push_online(self, states: Mapping[str, CardState], stamps_us: Mapping[str, int]) -> None:
+        """One push for the whole batch: a push costs ~5.7 ms whether it holds 1 row or 500."""
+        if not states:
+            return
+        from feast.data_source import PushMode
+
+        started = time.perf_counter()
+        self.store.push(feast_repo.PUSH_SOURCE, push_frame(states, stamps_us), to=PushMode.ONLINE)
+        metrics.WRITE_SECONDS.labels("online").observe(time.perf_counter() - started)
+
+    def write_labels(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        started = time.perf_counter()
+        offline_store.write_part(
+            self.repo_dir / offline_store.LABELS_DIR, processor.labels_table(rows)
+        )
+        metrics.WRITE_SECONDS.labels("labels").observe(time.perf_counter() - started)

@@ -1,0 +1,336 @@
+"""The stream worker as it runs in production: a subprocess configured by environment variables,
+over the real broker, Redis and a prepared Feast repo."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from services.common import feast_repo, features, kafka, offline_store
+from services.common.features import CardState, Outcome
+from services.common.settings import (
+    FeastSettings,
+    KafkaSettings,
+    RedisSettings,
+    StreamSettings,
+    to_env,
+)
+from services.proto.fraudscore.v1 import transaction_pb2
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_767_225_600_000
+LATENESS_MS = 300_000
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Worker:
+    """`python -m services.stream` in a subprocess, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.stream"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture()
+def start_worker(
+    fresh_topics: KafkaSettings,
+    redis_settings: RedisSettings,
+    feast_settings: FeastSettings,
+    feature_repo_dir: Path,
+    tmp_path: Path,
+) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(**stream_overrides: Any) -> Worker:
+        stream = StreamSettings(
+            app_id=f"stream-test-{uuid.uuid4().hex[:8]}",
+            data_dir=tmp_path / "stream-data",
+            web_port=0,
+            metrics_port=0,
+            batch_window_s=0.2,
+            **stream_overrides,
+        )
+        feast = feast_settings.model_copy(update={"work_dir": feature_repo_dir})
+        env = {**os.environ, **to_env(fresh_topics, redis_settings, feast, stream)}
+        env["PYTHONUNBUFFERED"] = "1"
+        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def make_txn(tid: str, card: str, event_ms: int, amount_minor: int) -> transaction_pb2.Transaction:
+    txn = transaction_pb2.Transaction(
+        transaction_id=tid,
+        card_id=card,
+        terminal_id=f"term-{amount_minor % 7}",
+        amount_minor=amount_minor,
+        currency="EUR",
+    )
+    txn.event_time.FromMilliseconds(event_ms)
+    return txn
+
+
+def produce(
+    settings: KafkaSettings,
+    topic: str,
+    messages: list[tuple[bytes, bytes]],
+    partition: int | None = None,
+) -> None:
+    producer = kafka.make_producer(settings)
+    for key, value in messages:
+        if partition is None:
+            producer.produce(topic, key=key, value=value)
+        else:
+            producer.produce(topic, key=key, value=value, partition=partition)
+    assert producer.flush(15) == 0
+
+
+def read_topic(settings: KafkaSettings, topic: str, expected: int, timeout_s: float) -> list[Any]:
+    """Every message of `topic` (assigned partitions, no group join), waiting for `expected`."""
+    consumer = Consumer(
+        {
+            **settings.client_config(),
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(messages) < expected:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                messages.append(msg)
+        # A little longer: more than expected would be a bug too.
+        settle = time.monotonic() + 1.5
+        while time.monotonic() < settle:
+            msg = consumer.poll(0.3)
+            if msg is not None and msg.error() is None:
+                messages.append(msg)
+        return messages
+    finally:
+        consumer.close()
+
+
+def online_rows(store: Any, cards: list[str]) -> dict[str, dict[str, Any] | None]:
+    got = store.get_online_features(
+        features=feast_repo.feature_refs(), entity_rows=[{"card_id": c} for c in cards]
+    ).to_dict()
+    out: dict[str, dict[str, Any] | None] = {}
+    for i, card in enumerate(cards):
+        state = features.from_row({column: got[column][i] for column in features.STATE_COLUMNS})
+        out[card] = None if state is None else features.to_row(state)
+    return out
+
+
+def wait_online(
+    store: Any, expected: dict[str, dict[str, Any]], worker: Worker, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    current: dict[str, dict[str, Any] | None] = {}
+    while time.monotonic() < deadline:
+        worker.check_alive()
+        current = online_rows(store, list(expected))
+        if current == expected:
+            return
+        time.sleep(0.5)
+    missing = [card for card in expected if current.get(card) != expected[card]]
+    pytest.fail(f"online state never matched for {missing}\n{worker.tail()}")
+
+
+def rows_for(folder: Path, schema: Any, prefix: str) -> list[dict[str, Any]]:
+    table = offline_store.read(folder, schema)
+    return [row for row in table.to_pylist() if row["card_id"].startswith(prefix)]
+
+
+def test_worker_folds_transactions_into_feast_and_dead_letters_the_malformed(
+    start_worker: Callable[..., Worker],
+    fresh_topics: KafkaSettings,
+    feature_repo_dir: Path,
+) -> None:
+    prefix = f"card-{uuid.uuid4().hex[:6]}-"
+    cards = [f"{prefix}{i:02d}" for i in range(20)]
+    rng = random.Random(11)
+    txns = [
+        make_txn(f"{prefix}t{i}", rng.choice(cards), T0 + rng.randrange(0, 2 * 3_600_000), 100 + i)
+        for i in range(300)
+    ]
+    # In event order, so the worker's fold matches a plain loop whatever the batch boundaries.
+    txns.sort(key=lambda t: t.event_time.ToMilliseconds())
+
+    expected_states: dict[str, CardState] = {}
+    applied_ids: list[str] = []
+    for txn in txns:
+        state = expected_states.setdefault(txn.card_id, CardState())
+        outcome = features.apply_transaction(
+            state,
+            txn.transaction_id,
+            txn.event_time.ToMilliseconds(),
+            txn.amount_minor / 100,
+            LATENESS_MS,
+        )
+        if outcome is Outcome.APPLIED:
+            applied_ids.append(txn.transaction_id)
+    assert len(applied_ids) == 300
+    expected = {card: features.to_row(state) for card, state in expected_states.items()}
+
+    bad_amount = make_txn(f"{prefix}neg", cards[0], T0, -5)
+    bad_currency = make_txn(f"{prefix}cur", cards[0], T0, 5)
+    bad_currency.currency = "XXQ"
+    malformed = {
+        b"\xff\xff\xff\xff": "payload",
+        bad_amount.SerializeToString(): "amount_minor",
+        bad_currency.SerializeToString(): "currency",
+    }
+
+    valid_messages = [(t.card_id.encode(), t.SerializeToString()) for t in txns]
+    produce(fresh_topics, fresh_topics.transactions_topic, valid_messages[:150])
+    produce(fresh_topics, fresh_topics.transactions_topic, [(b"bad", m) for m in malformed])
+    produce(fresh_topics, fresh_topics.transactions_topic, valid_messages[150:])
+
+    worker = start_worker()
+    store = feast_repo.open_store(feature_repo_dir)
+    wait_online(store, expected, worker, timeout_s=90)
+
+    dlq = read_topic(fresh_topics, fresh_topics.dlq_topic, len(malformed), timeout_s=20)
+    got = {msg.value(): dict(msg.headers() or []) for msg in dlq}
+    assert set(got) == set(malformed)
+    for payload, field in malformed.items():
+        headers = got[payload]
+        assert headers["reason"]
+        assert headers["field"].decode() == field
+        assert headers["original_topic"].decode() == fresh_topics.transactions_topic
+
+    state_rows = rows_for(
+        feature_repo_dir / offline_store.CARD_STATE_DIR, offline_store.CARD_STATE_SCHEMA, prefix
+    )
+    txn_rows = rows_for(
+        feature_repo_dir / offline_store.TRANSACTIONS_DIR, offline_store.TRANSACTIONS_SCHEMA, prefix
+    )
+    assert len(state_rows) == 300
+    assert sorted(r["transaction_id"] for r in txn_rows) == sorted(applied_ids)
+    # Each history row is the state right after its transaction.
+    last_row = max(
+        (r for r in state_rows if r["card_id"] == cards[3]), key=lambda r: r["last_event_ms"]
+    )
+    assert {k: last_row[k] for k in features.STATE_COLUMNS} == expected[cards[3]]
+
+    # Redelivery: everything again plus one transaction far older than its card's newest (LATE),
+    # then one sentinel per partition. Each partition is consumed in order, so once every
+    # sentinel is online all the others were processed.
+    late = make_txn(f"{prefix}late", cards[5], T0 - 3_600_000, 999)
+    produce(
+        fresh_topics,
+        fresh_topics.transactions_topic,
+        [*valid_messages, (late.card_id.encode(), late.SerializeToString())],
+    )
+    sentinels: dict[str, dict[str, Any]] = {}
+    for partition in range(fresh_topics.partitions):
+        card = f"{prefix}sentinel-{partition}"
+        txn = make_txn(f"{prefix}s{partition}", card, T0, 100)
+        produce(
+            fresh_topics,
+            fresh_topics.transactions_topic,
+            [(card.encode(), txn.SerializeToString())],
+            partition=partition,
+        )
+        state = CardState()
+        features.apply_transaction(state, txn.transaction_id, T0, 1.0, LATENESS_MS)
+        sentinels[card] = features.to_row(state)
+    wait_online(store, sentinels, worker, timeout_s=60)
+
+    assert online_rows(store, cards) == expected
+    state_rows_after = rows_for(
+        feature_repo_dir / offline_store.CARD_STATE_DIR, offline_store.CARD_STATE_SCHEMA, prefix
+    )
+    assert len(state_rows_after) == 300 + len(sentinels)
+
+    assert worker.stop() == 0, worker.tail()
+
+
+def test_worker_appends_labels_to_the_label_log(
+    start_worker: Callable[..., Worker],
+    fresh_topics: KafkaSettings,
+    feature_repo_dir: Path,
+) -> None:
+    prefix = f"card-{uuid.uuid4().hex[:6]}-"
+    labels = []
+    for i in range(12):
+        label = transaction_pb2.FraudLabel(
+            transaction_id=f"{prefix}t{i}",
+            card_id=f"{prefix}{i % 3}",
+            terminal_id="term-1",
+            is_fraud=i % 4 == 0,
+        )
+        label.transaction_time.FromMilliseconds(T0 + i * 1000)
+        label.reported_at.FromMilliseconds(T0 + 86_400_000 + i)
+        labels.append(label)
+    produce(
+        fresh_topics,
+        fresh_topics.labels_topic,
+        [(lb.card_id.encode(), lb.SerializeToString()) for lb in labels]
+        + [(b"bad", b"\xff\xff\xff\xff")],
+    )
+
+    # The Feast repo is already applied by the fixture: skip the setup a deploy step would do.
+    worker = start_worker(setup_on_start=False)
+    folder = feature_repo_dir / offline_store.LABELS_DIR
+    deadline = time.monotonic() + 60
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(rows) < len(labels):
+        worker.check_alive()
+        rows = rows_for(folder, offline_store.LABELS_SCHEMA, prefix)
+        time.sleep(0.5)
+    assert sorted(r["transaction_id"] for r in rows) == sorted(lb.transaction_id for lb in labels)
+    by_id = {r["transaction_id"]: r for r in rows}
+    assert by_id[f"{prefix}t4"]["is_fraud"] is True
+    assert by_id[f"{prefix}t5"]["is_fraud"] is False
+    assert by_id[f"{prefix}t5"]["transaction_ms"] == T0 + 5000
+
+    (msg,) = read_topic(fresh_topics, fresh_topics.dlq_topic, 1, timeout_s=20)
+    assert msg.value() == b"\xff\xff\xff\xff"
+    assert dict(msg.headers() or [])["original_topic"].decode() == fresh_topics.labels_topic
+
+    assert worker.stop() == 0, worker.tail()

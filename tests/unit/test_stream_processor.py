@@ -1,0 +1,253 @@
+"""The stream's pure batch logic: DLQ decisions, dedup, rows that match the feature logic."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from services.common import features, offline_store
+from services.common.events import ValidTransaction
+from services.common.features import CardState, Outcome
+from services.proto.fraudscore.v1 import transaction_pb2
+from services.stream import processor, sink
+from services.stream.processor import CachedCard, Rejected, StateCache
+
+T0 = 1_767_225_600_000
+LATENESS_MS = 300_000
+
+
+def txn_proto(**overrides: object) -> transaction_pb2.Transaction:
+    fields: dict[str, object] = {
+        "transaction_id": "t-1",
+        "card_id": "card-1",
+        "terminal_id": "term-1",
+        "amount_minor": 1999,
+        "currency": "EUR",
+    }
+    fields.update(overrides)
+    txn = transaction_pb2.Transaction(**fields)  # type: ignore[arg-type]
+    if "event_time" not in overrides:
+        txn.event_time.FromMilliseconds(T0)
+    return txn
+
+
+def valid(tid: str, card: str, event_ms: int, amount: float = 10.0) -> ValidTransaction:
+    return ValidTransaction(tid, card, "term-1", amount, event_ms)
+
+
+def test_valid_transaction_is_decoded_with_major_amount_and_event_ms() -> None:
+    parsed = processor.parse_transaction(txn_proto().SerializeToString())
+    assert parsed == ValidTransaction("t-1", "card-1", "term-1", 19.99, T0)
+
+
+def test_undecodable_bytes_go_to_dlq_with_a_reason() -> None:
+    parsed = processor.parse_transaction(b"\xff\xff\xff\xff")
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == processor.PAYLOAD_FIELD
+    assert parsed.reason.startswith("undecodable protobuf")
+
+
+def test_empty_message_goes_to_dlq() -> None:
+    assert processor.parse_transaction(b"") == Rejected(processor.PAYLOAD_FIELD, "empty message")
+
+
+def test_missing_field_goes_to_dlq_naming_the_field() -> None:
+    parsed = processor.parse_transaction(txn_proto(terminal_id="").SerializeToString())
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == "terminal_id"
+
+
+def test_missing_event_time_goes_to_dlq_naming_the_field() -> None:
+    txn = txn_proto()
+    txn.ClearField("event_time")
+    parsed = processor.parse_transaction(txn.SerializeToString())
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == "event_time"
+
+
+def test_negative_amount_goes_to_dlq_naming_the_field() -> None:
+    parsed = processor.parse_transaction(txn_proto(amount_minor=-5).SerializeToString())
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == "amount_minor"
+
+
+def test_unknown_currency_goes_to_dlq_naming_the_field() -> None:
+    parsed = processor.parse_transaction(txn_proto(currency="XXQ").SerializeToString())
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == "currency"
+    assert "XXQ" in parsed.reason
+
+
+def test_card_number_in_card_id_is_rejected_without_echoing_it() -> None:
+    pan = "4111111111111111"
+    parsed = processor.parse_transaction(txn_proto(card_id=pan).SerializeToString())
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == "card_id"
+    assert pan not in parsed.reason
+    assert all(pan.encode() not in value for _, value in parsed.headers("t", 0, 1))
+
+
+def test_dlq_headers_carry_reason_field_and_origin() -> None:
+    headers = dict(Rejected("currency", "unknown").headers("transactions", 3, 42))
+    assert headers == {
+        "reason": b"unknown",
+        "field": b"currency",
+        "original_topic": b"transactions",
+        "original_partition": b"3",
+        "original_offset": b"42",
+    }
+
+
+def test_duplicate_in_one_batch_is_counted_once() -> None:
+    batch = [valid("a", "c1", T0), valid("a", "c1", T0), valid("b", "c1", T0 + 1000)]
+    result = processor.fold_batch(batch, {}, LATENESS_MS)
+    assert result.outcomes[Outcome.APPLIED] == 2
+    assert result.outcomes[Outcome.DUPLICATE] == 1
+    assert [row["transaction_id"] for row in result.transaction_rows] == ["a", "b"]
+    assert features.card_features(result.states["c1"], T0 + 2000)["card_count_1h"] == 2
+
+
+def test_redelivery_of_a_stored_transaction_writes_nothing() -> None:
+    stored = CardState()
+    features.apply_transaction(stored, "a", T0, 10.0, LATENESS_MS)
+    result = processor.fold_batch([valid("a", "c1", T0)], {"c1": stored}, LATENESS_MS)
+    assert result.outcomes[Outcome.DUPLICATE] == 1
+    assert result.states == {}
+    assert result.state_rows == []
+    assert result.transaction_rows == []
+
+
+def test_late_transaction_is_counted_late_and_not_written() -> None:
+    stored = CardState()
+    features.apply_transaction(stored, "a", T0, 10.0, LATENESS_MS)
+    late = valid("old", "c1", T0 - LATENESS_MS - 1)
+    result = processor.fold_batch([late], {"c1": stored}, LATENESS_MS)
+    assert result.outcomes[Outcome.LATE] == 1
+    assert result.state_rows == []
+
+
+def test_batch_applies_each_card_in_event_order() -> None:
+    # Arrival order reversed: applying "late" first would make "early" LATE.
+    early = valid("early", "c1", T0)
+    later = valid("later", "c1", T0 + LATENESS_MS + 60_000)
+    result = processor.fold_batch([later, early], {}, LATENESS_MS)
+    assert result.outcomes[Outcome.APPLIED] == 2
+    assert [event_ms for _, event_ms, _ in result.state_rows] == [early.event_ms, later.event_ms]
+
+
+def test_rows_match_a_plain_fold_with_the_feature_logic() -> None:
+    batch = [
+        valid(f"t{i}", f"c{i % 3}", T0 + (i * 7919 % 50) * 60_000, float(i)) for i in range(40)
+    ]
+    stored = CardState()
+    features.apply_transaction(stored, "before", T0 - 60_000, 5.0, LATENESS_MS)
+    result = processor.fold_batch(batch, {"c0": stored}, LATENESS_MS)
+
+    expected_rows: list[tuple[str, int, dict[str, object]]] = []
+    expected_states: dict[str, CardState] = {"c0": stored.copy()}
+    for txn in sorted(batch, key=lambda t: (t.card_id, t.event_ms)):
+        state = expected_states.setdefault(txn.card_id, CardState())
+        outcome = features.apply_transaction(
+            state, txn.transaction_id, txn.event_ms, txn.amount, LATENESS_MS
+        )
+        if outcome is Outcome.APPLIED:
+            expected_rows.append((txn.card_id, txn.event_ms, features.to_row(state)))
+
+    assert sorted(result.state_rows, key=lambda r: (r[0], r[1])) == expected_rows
+    for card_id, state in expected_states.items():
+        assert features.to_row(result.states[card_id]) == features.to_row(state)
+    # The caller's state is untouched: a batch whose writes fail must not corrupt the cache.
+    assert list(stored.recent) == ["before"]
+    table = offline_store.card_state_table(result.state_rows)
+    assert table.schema == offline_store.CARD_STATE_SCHEMA
+    assert table.num_rows == len(expected_rows)
+
+
+def test_transaction_rows_fit_the_transactions_log_schema() -> None:
+    result = processor.fold_batch([valid("a", "c1", T0, 12.5)], {}, LATENESS_MS)
+    table = processor.transactions_table(result.transaction_rows)
+    assert table.schema == offline_store.TRANSACTIONS_SCHEMA
+    assert table.to_pylist()[0]["event_timestamp"].timestamp() * 1000 == T0
+
+
+def label_proto(**overrides: object) -> transaction_pb2.FraudLabel:
+    label = transaction_pb2.FraudLabel(
+        transaction_id="t-1", card_id="card-1", terminal_id="term-1", is_fraud=True
+    )
+    label.reported_at.FromMilliseconds(T0 + 86_400_000)
+    label.transaction_time.FromMilliseconds(T0)
+    for name, value in overrides.items():
+        setattr(label, name, value)
+    return label
+
+
+def test_label_becomes_a_label_log_row() -> None:
+    row = processor.parse_label(label_proto().SerializeToString())
+    assert not isinstance(row, Rejected)
+    table = processor.labels_table([row])
+    assert table.schema == offline_store.LABELS_SCHEMA
+    (got,) = table.to_pylist()
+    assert got["transaction_ms"] == T0
+    assert got["is_fraud"] is True
+    assert got["reported_at"].timestamp() * 1000 == T0 + 86_400_000
+
+
+def test_label_without_transaction_id_goes_to_dlq() -> None:
+    parsed = processor.parse_label(label_proto(transaction_id="").SerializeToString())
+    assert parsed == Rejected("transaction_id", "is required")
+
+
+def test_undecodable_label_goes_to_dlq() -> None:
+    parsed = processor.parse_label(b"\xff\xff\xff\xff")
+    assert isinstance(parsed, Rejected)
+    assert parsed.field == processor.PAYLOAD_FIELD
+
+
+def test_online_stamp_always_moves_past_the_previous_write() -> None:
+    assert processor.next_stamp_us(floor_us=0, now_us=5_000) == 5_000
+    # A clock behind the stored stamp (another worker, or a state loaded with whole seconds).
+    assert processor.next_stamp_us(floor_us=9_000, now_us=5_000) == 9_001
+
+
+def test_loaded_state_stamp_floor_is_past_the_stored_second() -> None:
+    state = CardState()
+    features.apply_transaction(state, "a", T0, 1.0, LATENESS_MS)
+    online = {column: [value, None] for column, value in features.to_row(state).items()}
+    online["last_event_ms__ts"] = [1_700_000_000, 0]
+    loaded = sink.cached_from_online(["c1", "unseen"], online)
+    assert loaded["unseen"] == CachedCard(state=None, stamp_floor_us=0)
+    assert loaded["c1"].state is not None
+    assert features.to_row(loaded["c1"].state) == features.to_row(state)
+    # Stored at 1_700_000_000.xxx s: the next write must be at 1_700_000_001 s or later.
+    assert processor.next_stamp_us(loaded["c1"].stamp_floor_us, 0) == 1_700_000_001_000_000
+
+
+def test_push_frame_has_one_row_per_card_with_all_state_columns() -> None:
+    state = CardState()
+    features.apply_transaction(state, "a", T0, 1.0, LATENESS_MS)
+    frame = sink.push_frame({"c1": state, "c2": state}, {"c1": 1_000_000, "c2": 2_000_000})
+    assert list(frame.columns) == ["card_id", "event_timestamp", *features.STATE_COLUMNS]
+    assert list(frame["card_id"]) == ["c1", "c2"]
+    assert frame["event_timestamp"].iloc[1].value == 2_000_000_000
+    assert pa.Table.from_pandas(frame).num_rows == 2
+
+
+def test_cache_is_not_refilled_by_a_batch_that_straddled_a_rebalance() -> None:
+    cache = StateCache()
+    generation = cache.generation
+    cache.clear()
+    assert not cache.update({"c1": CachedCard(CardState(), 1)}, generation)
+    assert len(cache) == 0
+    assert cache.update({"c1": CachedCard(CardState(), 1)}, cache.generation)
+    hits, misses = cache.split(["c1", "c2"])
+    assert list(hits) == ["c1"]
+    assert misses == ["c2"]
+
+
+def test_cache_evicts_the_least_recently_used_card() -> None:
+    cache = StateCache(max_cards=2)
+    cache.update({"a": CachedCard(None, 0), "b": CachedCard(None, 0)}, cache.generation)
+    cache.split(["a"])  # touch "a": "b" is now the oldest
+    cache.update({"c": CachedCard(None, 0)}, cache.generation)
+    hits, misses = cache.split(["a", "b", "c"])
+    assert sorted(hits) == ["a", "c"]
+    assert misses == ["b"]
