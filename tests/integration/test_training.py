@@ -1,0 +1,258 @@
+"""Backfill, dataset, training and promotion over a real Feast repo (file offline store, Redis).
+
+One fresh repo for the module (its own project and data): the session repo is shared with
+other tests that write card state of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.common import currency, feast_repo, features
+from services.common.model_registry import ModelRegistry
+from services.common.settings import FeastSettings, RedisSettings, TrainingSettings
+from training import backfill, cli, dataset, pipeline, split
+
+DAY = 86_400_000
+D0 = 1_767_225_600_000  # 2026-01-01T00:00Z
+DAYS = 25
+LATENESS = 300_000
+
+
+def synthetic(seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """~4k transactions of 200 cards over 25 days; compromised cards get bursts of big amounts.
+
+    Columns as the simulator writes them. Labels arrive 1-4 days after each fraud.
+    """
+    rng = np.random.default_rng(seed)
+    n_cards, n_genuine = 200, 3_800
+    cards = rng.integers(0, n_cards, n_genuine)
+    rows = [
+        {
+            "card_id": f"card-{c:03d}",
+            "event_ms": int(D0 + rng.integers(0, DAYS * DAY)),
+            "amount_minor": int(rng.lognormal(3.2, 0.7) * 100),
+            "is_fraud": False,
+        }
+        for c in cards
+    ]
+    # One burst per compromised card, spread over the whole period.
+    for n, card in enumerate(rng.choice(n_cards, 60, replace=False)):
+        start = D0 + int((n + 0.5) * DAYS * DAY / 60)
+        for k in range(int(rng.integers(3, 7))):
+            rows.append(
+                {
+                    "card_id": f"card-{card:03d}",
+                    "event_ms": start + k * int(rng.integers(60_000, 600_000)),
+                    "amount_minor": int(rng.uniform(150, 900) * 100),
+                    "is_fraud": True,
+                }
+            )
+    df = pd.DataFrame(rows).drop_duplicates(["card_id", "event_ms"])
+    df = df.sort_values("event_ms", kind="stable").reset_index(drop=True)
+    df["transaction_id"] = [f"tx-{i:05d}" for i in range(len(df))]
+    df["terminal_id"] = [f"term-{i % 50:02d}" for i in range(len(df))]
+    # A few yen cards: amounts must go through the shared minor-unit conversion.
+    df["currency"] = np.where(df["card_id"].str.endswith("7"), "JPY", "EUR")
+    df.loc[df["currency"] == "JPY", "amount_minor"] //= 100
+    df["channel"] = "ecom"
+    df["merchant_category_code"] = "5411"
+    df["country"] = "DE"
+    df["fraud_scenario"] = np.where(df["is_fraud"], "burst", "")
+    frauds = df[df["is_fraud"]]
+    labels = pd.DataFrame(
+        {
+            "transaction_id": frauds["transaction_id"],
+            "card_id": frauds["card_id"],
+            "terminal_id": frauds["terminal_id"],
+            "is_fraud": True,
+            "transaction_ms": frauds["event_ms"],
+            "reported_ms": frauds["event_ms"] + rng.integers(DAY, 4 * DAY, len(frauds)),
+        }
+    )
+    return df, labels
+
+
+@dataclass(frozen=True)
+class Backfilled:
+    feast: FeastSettings
+    redis: RedisSettings
+    repo_dir: Path
+    transactions: pd.DataFrame
+    labels: pd.DataFrame
+    stats: backfill.BackfillStats
+
+
+@pytest.fixture(scope="module")
+def backfilled(
+    tmp_path_factory: pytest.TempPathFactory, redis_settings: RedisSettings
+) -> Iterator[Backfilled]:
+    feast = FeastSettings(
+        work_dir=tmp_path_factory.mktemp("training_repo"),
+        project=f"trtest_{uuid.uuid4().hex[:10]}",
+    )
+    repo_dir = feast_repo.prepare_and_apply(feast, redis_settings)
+    txs, labels = synthetic()
+    # The same transaction delivered twice: counted once.
+    resent = txs.iloc[[100]].assign(event_ms=txs.iloc[100]["event_ms"] + 10_000)
+    stats = backfill.backfill(
+        repo_dir, pd.concat([txs, resent], ignore_index=True), labels, LATENESS, online=True
+    )
+    yield Backfilled(feast, redis_settings, repo_dir, txs, labels, stats)
+
+
+def plain_features(
+    txs: pd.DataFrame,
+) -> tuple[dict[str, list[float]], dict[str, features.CardState]]:
+    """Per transaction id, the model input from a direct fold: no Feast, no parquet."""
+    states: dict[str, features.CardState] = {}
+    out: dict[str, list[float]] = {}
+    for tx in txs.sort_values("event_ms", kind="stable").itertuples():
+        amount = currency.to_major(int(tx.amount_minor), str(tx.currency))
+        state = states.get(tx.card_id)
+        out[tx.transaction_id] = features.feature_vector(
+            features.all_features(state.copy() if state else None, amount, int(tx.event_ms))
+        )
+        if state is None:
+            state = states[tx.card_id] = features.CardState()
+        features.apply_transaction(state, tx.transaction_id, int(tx.event_ms), amount, LATENESS)
+    return out, states
+
+
+def test_backfill_counts_each_transaction_once_and_fills_the_online_store(
+    backfilled: Backfilled,
+) -> None:
+    stats = backfilled.stats
+    assert stats.applied == len(backfilled.transactions)
+    assert stats.duplicates == 1
+    assert stats.late == 0
+    assert stats.labels == len(backfilled.labels)
+    assert stats.online_cards == stats.cards == backfilled.transactions["card_id"].nunique()
+
+    _, final = plain_features(backfilled.transactions)
+    card = "card-017"  # a JPY card
+    store = feast_repo.open_store(backfilled.repo_dir)
+    got = store.get_online_features(
+        features=feast_repo.feature_refs(), entity_rows=[{"card_id": card}]
+    ).to_dict()
+    online = features.from_row({k: v[0] for k, v in got.items()})
+    assert online is not None
+    assert features.to_row(online) == features.to_row(final[card])
+
+
+def test_dataset_rows_match_a_plain_recomputation_of_every_feature(
+    backfilled: Backfilled,
+) -> None:
+    txs = backfilled.transactions
+    start, end = D0 + 3 * DAY, D0 + 20 * DAY
+    cutoff = D0 + 15 * DAY
+    frame, stats = dataset.build_dataset(backfilled.repo_dir, cutoff, start_ms=start, end_ms=end)
+
+    in_window = txs[(txs["event_ms"] >= start) & (txs["event_ms"] < end)]
+    assert stats.rows == len(frame) == len(in_window)
+    assert set(frame["transaction_id"]) == set(in_window["transaction_id"])
+
+    expected, _ = plain_features(txs)
+    got = frame[list(features.FEATURE_NAMES)].to_numpy()
+    want = np.array([expected[t] for t in frame["transaction_id"]])
+    same = np.isclose(got, want, rtol=0, atol=1e-9) | (np.isnan(got) & np.isnan(want))
+    mismatched_rows = int((~same.all(axis=1)).sum())
+    assert mismatched_rows == 0
+
+    known = backfilled.labels[backfilled.labels["reported_ms"] <= cutoff]["transaction_id"]
+    assert set(frame.loc[frame["label"] == 1, "transaction_id"]) == set(known) & set(
+        in_window["transaction_id"]
+    )
+
+
+def settings(model_dir: Path, min_data_in_leaf: int = 20) -> TrainingSettings:
+    return TrainingSettings(
+        model_dir=model_dir,
+        num_boost_round=80,
+        early_stopping_rounds=15,
+        validation_days=1,
+        min_data_in_leaf=min_data_in_leaf,
+    )
+
+
+def test_training_promotes_a_first_model_then_only_one_at_least_as_good(
+    backfilled: Backfilled, tmp_path: Path
+) -> None:
+    cutoff = D0 + DAYS * DAY
+    good = settings(tmp_path / "models")
+
+    first = pipeline.run_training(backfilled.feast, backfilled.redis, good, cutoff_ms=cutoff)
+    registry = ModelRegistry(tmp_path / "models")
+    assert first.promoted
+    assert first.reason == "no champion yet"
+    assert registry.champion_version() == first.version
+    meta = json.loads((registry.get(first.version).directory / "metadata.json").read_text())
+    assert meta["feature_names"] == list(features.FEATURE_NAMES)
+    assert meta["feature_service"] == feast_repo.FEATURE_SERVICE
+    assert meta["champion_metrics"] is None
+    assert meta["window"]["test_end_ms"] == first.window.test_end_ms == cutoff
+    assert meta["rows"]["train_positives"] > 0 and meta["rows"]["test_positives"] > 0
+    assert meta["best_iteration"] >= 1
+    assert set(meta["library_versions"]) >= {"lightgbm", "feast", "numpy", "pandas"}
+    # A burst of big amounts is easy to learn: far above the 0.5 of a coin flip.
+    assert first.metrics["auc_roc"] > 0.9
+    assert first.metrics["average_precision"] > 0.5
+    assert first.window == split.choose_window(D0, cutoff - 1, 7, 7, 7, 1)
+
+    # Same data, same seed: an equal challenger is promoted, with the comparison recorded.
+    second = pipeline.run_training(backfilled.feast, backfilled.redis, good, cutoff_ms=cutoff)
+    assert second.champion_version == first.version
+    assert second.champion_metrics is not None
+    assert second.champion_metrics["average_precision"] == pytest.approx(
+        first.metrics["average_precision"]
+    )
+    assert second.promoted
+    assert registry.get(second.version).metadata["decision"] == second.reason
+    assert registry.champion_version() == second.version
+
+    # A model that cannot split at all scores every row alike: worse, so not promoted.
+    crippled = settings(tmp_path / "models", min_data_in_leaf=1_000_000)
+    third = pipeline.run_training(backfilled.feast, backfilled.redis, crippled, cutoff_ms=cutoff)
+    assert not third.promoted
+    assert third.metrics["average_precision"] < second.metrics["average_precision"]
+    assert registry.champion_version() == second.version
+    third_meta = registry.get(third.version).metadata
+    assert third_meta["promoted"] is False
+    assert "< champion" in third_meta["decision"]
+    assert not math.isnan(third_meta["champion_metrics"]["average_precision"])
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_cli_train_exits_zero_when_trained_and_one_without_enough_data(
+    backfilled: Backfilled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEAST_WORK_DIR", str(backfilled.repo_dir))
+    monkeypatch.setenv("FEAST_PROJECT", backfilled.feast.project)
+    monkeypatch.setenv("TRAINING_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("TRAINING_NUM_BOOST_ROUND", "30")
+    registry = ModelRegistry(tmp_path / "models")
+
+    assert run_cli(["train", "--cutoff", "2026-01-26T00:00:00Z"]) == 0
+    champion = registry.champion_version()
+    assert champion is not None
+
+    # Ten days of data cannot hold 7 + 7 + 7: a clear failure, the champion stays.
+    assert run_cli(["train", "--cutoff", "2026-01-10T00:00:00Z"]) == 1
+    assert registry.champion_version() == champion
+    assert registry.versions() == [champion]
