@@ -91,6 +91,7 @@ def run_training(
         cutoff_ms,
         start_ms=window.train_start_ms,
         end_ms=min(window.test_end_ms, cutoff_ms + 1),
+        engine=training_settings.pit_engine,
     )
     train_rows = split.train_set(data, window)
     test_rows = split.eval_set(data, window)

@@ -101,11 +101,20 @@ def read(folder: Path, schema: pa.Schema) -> pa.Table:
 
 
 def card_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:
-    """(card_id, event_ms, features.to_row(state)) -> a card_state part."""
+    """(card_id, event_ms, features.to_row(state)) in applied order -> a card_state part.
+
+    Rows are stamped in microseconds: event_ms * 1000, plus one for each earlier row of the
+    same card in the same millisecond, so the state after the second of two same-millisecond
+    payments is unambiguously the latest (point-in-time joins otherwise break the tie at will).
+    """
     columns: dict[str, list[object]] = {name: [] for name in CARD_STATE_SCHEMA.names}
+    last: dict[str, tuple[int, int]] = {}
     for card_id, event_ms, row in rows:
+        prev_ms, prev_seq = last.get(card_id, (-1, -1))
+        seq = prev_seq + 1 if prev_ms == event_ms else 0
+        last[card_id] = (event_ms, seq)
         columns["card_id"].append(card_id)
-        columns["event_timestamp"].append(event_ms * 1000)
+        columns["event_timestamp"].append(event_ms * 1000 + min(seq, 999))
         for column in features.STATE_COLUMNS:
             columns[column].append(row[column])
     return pa.table(

@@ -7,6 +7,7 @@ Each section has its own prefix (``KAFKA_``, ``REDIS_``, ``FEAST_``, ``STREAM_``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,6 +173,12 @@ class TrainingSettings(BaseSettings):
         1, description="Last days of the training period held out for early stopping."
     )
     min_data_in_leaf: int = Field(20, description="LightGBM min_data_in_leaf.")
+    pit_engine: Literal["asof", "feast"] = Field(
+        "asof",
+        description="Point-in-time join: 'asof' (one merge_asof over the offline card-state "
+        "dataset, proven equal to Feast's) or 'feast' (get_historical_features; slow on the "
+        "file offline store).",
+    )
     scale_pos_weight: float | None = Field(
         None,
         description="Weight of fraud rows. Unset: sqrt(negatives/positives), which lifts rare "
