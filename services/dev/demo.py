@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import pandas as pd
 
+from services.common.broker import free_port
 from services.common.settings import (
     FeastSettings,
     KafkaSettings,
@@ -91,8 +92,16 @@ def _settings(options: DemoOptions) -> LocalStack:
         kafka=kafka_settings,
         redis=RedisSettings(),
         feast=FeastSettings(work_dir=run_dir / "feature_repo", project=f"demo_{run_id}"),
-        stream=StreamSettings(app_id=f"fraudscore-demo-{run_id}", data_dir=run_dir / "stream"),
-        scorer=ScorerSettings(address="127.0.0.1:0", model_dir=run_dir / "models"),
+        # Free ports: a demo must not collide with a dev stack or another demo on this machine.
+        stream=StreamSettings(
+            app_id=f"fraudscore-demo-{run_id}",
+            data_dir=run_dir / "stream",
+            web_port=0,
+            metrics_port=free_port(),
+        ),
+        scorer=ScorerSettings(
+            address="127.0.0.1:0", model_dir=run_dir / "models", metrics_port=free_port()
+        ),
     )
 
 
@@ -102,6 +111,11 @@ def run(options: DemoOptions) -> int:
     now = datetime.now(UTC).replace(microsecond=0)
     try:
         stack.start_infrastructure()
+        log.info(
+            "metrics: stream http://127.0.0.1:%s/metrics, scorer http://127.0.0.1:%s/metrics",
+            stack.stream.metrics_port,
+            stack.scorer.metrics_port,
+        )
         stack.start_stream()
         history_end = _replay_history(stack, options, now)
         _train(stack, history_end)

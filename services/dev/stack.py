@@ -134,8 +134,11 @@ class LocalStack:
     def check_alive(self) -> None:
         for name, proc in self.processes.items():
             if proc.poll() is not None:
+                logfile = self.run_dir / f"{name}.log"
+                lines = logfile.read_text(errors="replace").splitlines() if logfile.exists() else []
+                tail = "\n".join(lines[-20:])
                 raise StackError(
-                    f"{name} exited with code {proc.returncode}; see {self.run_dir / name}.log"
+                    f"{name} exited with code {proc.returncode}; last lines of {logfile}:\n{tail}"
                 )
 
     def offline_rows(self, dataset: Path) -> int:

@@ -54,7 +54,9 @@ def stack(
         kafka=kafka_settings.model_copy(update=topics),
         redis=redis_settings,
         feast=FeastSettings(work_dir=run_dir / "feature_repo", project=f"e2e_{run_id}"),
-        stream=StreamSettings(app_id=f"e2e-{run_id}", data_dir=run_dir / "stream", metrics_port=0),
+        stream=StreamSettings(
+            app_id=f"e2e-{run_id}", data_dir=run_dir / "stream", metrics_port=0, web_port=0
+        ),
         scorer=ScorerSettings(address="127.0.0.1:0", model_dir=run_dir / "models", metrics_port=0),
     )
     try:
