@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install protos lint typecheck test test-unit test-integration test-e2e demo clean
+.PHONY: help install protos lint typecheck validate-deploy test test-unit test-integration test-e2e demo clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ lint: install ## ruff
 typecheck: install ## mypy
 	$(BIN)/mypy services training scripts
 
-test: install lint typecheck ## the whole suite: lint, types, unit, integration, e2e
+validate-deploy: install ## compose file and Kubernetes manifests against their schemas
+	bash scripts/validate_deploy.sh
+
+test: install lint typecheck validate-deploy ## the whole suite: lint, types, deploy, unit, integration, e2e
 	$(BIN)/pytest tests
 
 test-unit: install ## unit tests only

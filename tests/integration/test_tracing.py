@@ -1,0 +1,280 @@
+"""Traces leave the scorer over OTLP/gRPC: a Score span with its feature_fetch and predict
+children, received by an in-process OTLP collector exactly as Jaeger would receive them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+
+from services.common import feast_repo, features, telemetry
+from services.common.broker import free_port
+from services.common.model_registry import ModelRegistry
+from services.common.settings import RedisSettings, ScorerSettings, TelemetrySettings
+from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc, transaction_pb2
+from services.scorer.online_features import FeastFeatureReader
+from services.scorer.server import create_server
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NAMES = list(features.FEATURE_NAMES)
+
+
+def promoted_model(root: Path) -> str:
+    """A small real LightGBM champion in a registry at `root`; returns its version."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.random((300, len(NAMES))), columns=NAMES)
+    frame["amount"] = rng.uniform(1, 2_000, 300)
+    params = {"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}
+    booster = lgb.train(params, lgb.Dataset(frame, label=(frame["amount"] > 1_000).astype(int)), 10)
+    registry = ModelRegistry(root)
+    record = registry.register(booster.model_to_string(), {"feature_names": NAMES})
+    registry.promote(record.version)
+    return record.version
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the scorer exited early"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"scorer not listening on {port} after {timeout_s}s")
+
+
+def wait_serving(channel: grpc.Channel, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the scorer exited early"
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("scorer never reported SERVING")
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    attributes: dict[str, object]
+
+
+def _value(value: common_pb2.AnyValue) -> object:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver keeping every span it is sent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.spans: list[ReceivedSpan] = []
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=str(resource.get("service.name")),
+                            name=span.name,
+                            trace_id=span.trace_id,
+                            span_id=span.span_id,
+                            parent_span_id=span.parent_span_id,
+                            attributes={a.key: _value(a.value) for a in span.attributes},
+                        )
+                    )
+        with self._lock:
+            self.spans.extend(received)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def named(self, name: str) -> list[ReceivedSpan]:
+        with self._lock:
+            return [span for span in self.spans if span.name == name]
+
+    def wait_for(self, name: str, timeout_s: float) -> list[ReceivedSpan]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if found := self.named(name):
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no {name!r} span received in {timeout_s}s: {self.spans}")
+
+
+@pytest.fixture()
+def collector() -> Iterator[tuple[Collector, str]]:
+    """An OTLP/gRPC receiver on 127.0.0.1:<free port>; yields it and its endpoint URL."""
+    servicer = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait()
+
+
+def transaction(transaction_id: str, card_id: str) -> transaction_pb2.Transaction:
+    return transaction_pb2.Transaction(
+        transaction_id=transaction_id,
+        card_id=card_id,
+        terminal_id="term-trace",
+        amount_minor=4_200,
+        currency="EUR",
+        event_time=Timestamp(seconds=1_767_268_800),
+    )
+
+
+def assert_score_trace(collector: Collector, service: str, model_version: str) -> None:
+    """One Score span, parent of one feature_fetch and one predict span, in the same trace."""
+    (score,) = collector.wait_for("Score", timeout_s=10)
+    (fetch,) = collector.wait_for("feature_fetch", timeout_s=5)
+    (predict,) = collector.wait_for("predict", timeout_s=5)
+    assert score.service == service
+    assert score.parent_span_id == b""  # a root span: nothing upstream sent a trace context
+    for child in (fetch, predict):
+        assert child.trace_id == score.trace_id
+        assert child.parent_span_id == score.span_id
+    assert score.attributes["model_version"] == model_version
+    assert score.attributes["fallback_used"] is False
+    assert score.attributes["breaker_state"] == "closed"
+    assert collector.named("fallback") == []
+
+
+def test_fraudctl_serve_exports_score_span_with_feature_fetch_and_predict_children(
+    collector: tuple[Collector, str],
+    feature_repo_dir: Path,
+    redis_settings: RedisSettings,
+    tmp_path: Path,
+) -> None:
+    received, endpoint = collector
+    # A copy of the applied repo: the scorer re-prepares its work dir, the shared one stays put.
+    work_dir = tmp_path / "repo"
+    shutil.copytree(feature_repo_dir, work_dir)
+    version = promoted_model(tmp_path / "models")
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "KAFKA_"))  # no score publishing, no stray exporter
+    }
+    env.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_SERVICE_NAME": "scorer-under-test",
+            "SCORER_ADDRESS": f"127.0.0.1:{port}",
+            "SCORER_METRICS_PORT": "0",
+            "SCORER_MODEL_DIR": str(tmp_path / "models"),
+            "SCORER_BUDGET_MS": "1000",
+            "FEAST_WORK_DIR": str(work_dir),
+            "FEAST_PROJECT": feast_repo.open_store(feature_repo_dir).project,
+            "REDIS_HOST": redis_settings.host,
+            "REDIS_PORT": str(redis_settings.port),
+        }
+    )
+    log_path = tmp_path / "scorer.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(proc, port, timeout_s=120)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_serving(channel, proc, timeout_s=30)
+            reply = scorer_pb2_grpc.FraudScorerStub(channel).Score(
+                scorer_pb2.ScoreRequest(transaction=transaction("t-trace", "card-trace")),
+                timeout=5,
+            )
+        assert reply.model_version == f"lgbm-{version}"
+        assert reply.fallback_used is False
+        # SIGTERM: serve() shuts the tracer provider down, which flushes the batch processor.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "tracing to" in log_path.read_text()
+    assert_score_trace(received, "scorer-under-test", reply.model_version)
+
+
+def test_in_process_scorer_with_an_explicit_provider_exports_the_score_trace(
+    collector: tuple[Collector, str],
+    feature_repo_dir: Path,
+    tmp_path: Path,
+) -> None:
+    received, endpoint = collector
+    provider = telemetry.build_tracer_provider(
+        "scorer-in-process", TelemetrySettings(exporter_otlp_endpoint=endpoint)
+    )
+    promoted_model(tmp_path / "models")
+    reader = FeastFeatureReader(feast_repo.open_store(feature_repo_dir))
+    reader.warm_up()
+    settings = ScorerSettings(
+        model_dir=tmp_path / "models", metrics_port=0, max_workers=2, budget_ms=1000
+    )
+    server, port = create_server(
+        "127.0.0.1:0",
+        settings,
+        feature_reader=reader,
+        watch_registry=False,
+        tracer=provider.get_tracer("tests.tracing"),
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = scorer_pb2_grpc.FraudScorerStub(channel).Score(
+                scorer_pb2.ScoreRequest(transaction=transaction("t-trace-2", "card-trace-2")),
+                timeout=5,
+            )
+    finally:
+        server.stop(0).wait()
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+    assert_score_trace(received, "scorer-in-process", reply.model_version)
+
+
+def test_no_endpoint_leaves_tracing_off() -> None:
+    assert telemetry.configure_tracing("fraudscore-test", TelemetrySettings()) is False
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        telemetry.build_tracer_provider("fraudscore-test", TelemetrySettings())
