@@ -1,5 +1,5 @@
-"""Sources. The stream pushes card state online and appends its history, the transaction log
-and the label log to the offline store as parquet part files (one folder each)."""
+"""Sources. The stream pushes card and terminal state online and appends their history, the
+transaction log and the label log to the offline store as parquet part files (one folder each)."""
 
 from feast import FileSource, PushSource
 
@@ -15,6 +15,20 @@ card_state_push = PushSource(
     name="card_state_push",
     batch_source=card_state_history,
     description="The stream processor's batched online writes.",
+)
+
+terminal_state_history = FileSource(
+    name="terminal_state_history",
+    path="data/terminal_state/",
+    timestamp_field="event_timestamp",
+    description="One row per terminal state change: after each counted transaction (stamped "
+    "with its event time) and each counted fraud label (stamped with its reported time).",
+)
+
+terminal_state_push = PushSource(
+    name="terminal_state_push",
+    batch_source=terminal_state_history,
+    description="The stream's terminal agent's batched online writes.",
 )
 
 transactions_log = FileSource(

@@ -8,3 +8,10 @@ card = Entity(
     value_type=ValueType.STRING,
     description="A payment card, by token (never a card number).",
 )
+
+terminal = Entity(
+    name="terminal",
+    join_keys=["terminal_id"],
+    value_type=ValueType.STRING,
+    description="A payment terminal (merchant point of sale).",
+)

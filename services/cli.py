@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "services.stream.cli",  # stream
     "services.scorer.cli",  # serve, model
     "training.cli",  # train
+    "services.bench.cli",  # bench
 )
 
 

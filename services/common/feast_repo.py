@@ -24,13 +24,29 @@ log = logging.getLogger(__name__)
 
 FEATURE_VIEW = "card_state"
 PUSH_SOURCE = "card_state_push"
-FEATURE_SERVICE = "fraud_model_v1"
+#: The feature service of the current model generation (FEATURE_NAMES); model metadata records it.
+FEATURE_SERVICE = "fraud_model_v2"
 ENTITY_KEY = "card_id"
 TIMESTAMP = "event_timestamp"
 
+TERMINAL_FEATURE_VIEW = "terminal_state"
+TERMINAL_PUSH_SOURCE = "terminal_state_push"
+TERMINAL_ENTITY_KEY = "terminal_id"
+
 
 def feature_refs() -> list[str]:
+    """The card_state view's columns."""
     return [f"{FEATURE_VIEW}:{column}" for column in features.STATE_COLUMNS]
+
+
+def terminal_feature_refs() -> list[str]:
+    """The terminal_state view's columns."""
+    return [f"{TERMINAL_FEATURE_VIEW}:{column}" for column in features.TERMINAL_STATE_COLUMNS]
+
+
+def model_feature_refs() -> list[str]:
+    """Everything FEATURE_SERVICE reads: both views (their column names never clash)."""
+    return [*feature_refs(), *terminal_feature_refs()]
 
 
 def render_config(feast: FeastSettings, redis: RedisSettings, work_dir: Path) -> str:

@@ -1,15 +1,21 @@
 """Feature logic, defined once: the stream, the training backfill and the scorer all call it.
 
-A card's history is kept as *tiles*: per time bucket (minute, hour, day) a transaction count and
-an amount sum. The stream folds each transaction into the tiles (`apply_transaction`); whoever
-reads features finishes each window at *read time* (`card_features(state, now_ms)`), so a card
-idle for a day shows a 1 h count of 0, not yesterday's. Windows are tile-aligned: the 1 h window
-at time t holds the minute tiles (k-59 .. k] where k is t's minute; that is exact and identical
-everywhere, which is what keeps training and serving free of skew.
+Two entities keep history as *tiles*, per time bucket (minute, hour, day):
 
-The state is stored in Feast (online: the latest per card; offline: one row per transaction,
-the state *after* that transaction, stamped with its event time). A transaction's features are
-read from the state before it, so its own amount never leaks into its aggregates.
+* a **card**: transaction count, amount sum and amount sum of squares per tile, plus per hour
+  tile the (bounded) set of terminals it paid at;
+* a **terminal** (merchant): transaction count and labelled frauds per hour and day tile.
+
+The stream folds events into the tiles (`apply_transaction`, `apply_terminal_transaction`,
+`apply_terminal_label`); whoever reads features finishes each window at *read time*
+(`card_features(state, now_ms)`, `terminal_features(state, now_ms)`), so a card idle for a day
+shows a 1 h count of 0, not yesterday's. Windows are tile-aligned: the 1 h window at time t holds
+the minute tiles (k-59 .. k] where k is t's minute; that is exact and identical everywhere, which
+is what keeps training and serving free of skew.
+
+The states are stored in Feast (online: the latest per key; offline: one row per change, stamped
+with the time of the event that made it). A transaction's features are read from the states
+before it, so its own amount and its own label never leak into its aggregates.
 """
 
 from __future__ import annotations
@@ -50,23 +56,59 @@ MINUTE = TileSpec("m", 60, 60)
 HOUR = TileSpec("h", 3600, 24)
 DAY = TileSpec("d", 86400, 31)
 TILE_SPECS: tuple[TileSpec, ...] = (MINUTE, HOUR, DAY)
+#: Terminals need no minute resolution: their shortest window is a day.
+TERMINAL_TILE_SPECS: tuple[TileSpec, ...] = (HOUR, DAY)
 
 CARD_WINDOWS: tuple[Window, ...] = (
+    Window("10m", 600, MINUTE),
     Window("1h", 3600, MINUTE),
     Window("24h", 86400, HOUR),
+    Window("7d", 7 * 86400, DAY),
+    Window("30d", 30 * 86400, DAY),
+)
+#: The window of the amount z-score (mean and spread of the card's spend).
+ZSCORE_WINDOW = CARD_WINDOWS[-1]
+#: The window of the distinct-terminals count (hour tiles hold the terminal sets).
+TERMINALS_WINDOW = CARD_WINDOWS[2]
+#: Terminal ids remembered per card hour tile. A card paying at more terminals in one hour than
+#: this is a lower bound, which is still a loud signal; unbounded sets would let one runaway
+#: card blow up its Redis row.
+MAX_TERMINALS_PER_TILE = 32
+
+TERMINAL_WINDOWS: tuple[Window, ...] = (
+    Window("1d", 86400, HOUR),
+    Window("7d", 7 * 86400, DAY),
+    Window("30d", 30 * 86400, DAY),
 )
 
 #: Transaction-intrinsic inputs (from the request itself, no history).
 TRANSACTION_FEATURES: tuple[str, ...] = ("amount", "hour_of_day", "is_weekend", "is_night")
 
-#: History aggregates read from the feature store, finished at read time.
+#: Card history aggregates read from the feature store, finished at read time.
 CARD_FEATURES: tuple[str, ...] = (
     *(f"card_{stat}_{w.name}" for w in CARD_WINDOWS for stat in ("count", "amount_sum")),
     "card_seconds_since_last",
+    *(f"card_amount_mean_{w.name}" for w in CARD_WINDOWS),
+    f"card_distinct_terminals_{TERMINALS_WINDOW.name}",
+    f"card_amount_zscore_{ZSCORE_WINDOW.name}",
+)
+
+#: Terminal (merchant) history: volume, and risk from labels known at read time.
+TERMINAL_FEATURES: tuple[str, ...] = (
+    *(f"terminal_{stat}_{w.name}" for w in TERMINAL_WINDOWS for stat in ("count", "risk")),
 )
 
 #: The model's input, in order. A model artifact records this list; the scorer checks it.
-FEATURE_NAMES: tuple[str, ...] = (*TRANSACTION_FEATURES, *CARD_FEATURES)
+FEATURE_NAMES: tuple[str, ...] = (*TRANSACTION_FEATURES, *CARD_FEATURES, *TERMINAL_FEATURES)
+
+_WINDOW_WORDS = {
+    "10m": "10 minutes",
+    "1h": "hour",
+    "24h": "24 hours",
+    "1d": "day",
+    "7d": "7 days",
+    "30d": "30 days",
+}
 
 #: Readable names for reason codes.
 FEATURE_DESCRIPTIONS: dict[str, str] = {
@@ -74,11 +116,31 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
     "hour_of_day": "hour of day (UTC)",
     "is_weekend": "weekend transaction",
     "is_night": "night-time transaction (00:00-06:00 UTC)",
-    "card_count_1h": "card transactions in the last hour",
-    "card_amount_sum_1h": "card spend in the last hour",
-    "card_count_24h": "card transactions in the last 24 hours",
-    "card_amount_sum_24h": "card spend in the last 24 hours",
+    **{
+        f"card_count_{w.name}": f"card transactions in the last {_WINDOW_WORDS[w.name]}"
+        for w in CARD_WINDOWS
+    },
+    **{
+        f"card_amount_sum_{w.name}": f"card spend in the last {_WINDOW_WORDS[w.name]}"
+        for w in CARD_WINDOWS
+    },
+    **{
+        f"card_amount_mean_{w.name}": f"card's mean amount in the last {_WINDOW_WORDS[w.name]}"
+        for w in CARD_WINDOWS
+    },
     "card_seconds_since_last": "time since the card's previous transaction",
+    "card_distinct_terminals_24h": "distinct terminals the card paid at in the last 24 hours",
+    "card_amount_zscore_30d": "amount unusual for the card (deviation from its 30-day mean)",
+    **{
+        f"terminal_count_{w.name}": f"terminal transactions in the last {_WINDOW_WORDS[w.name]}"
+        for w in TERMINAL_WINDOWS
+    },
+    **{
+        f"terminal_risk_{w.name}": (
+            f"terminal's known fraud share in the last {_WINDOW_WORDS[w.name]}"
+        )
+        for w in TERMINAL_WINDOWS
+    },
 }
 
 
@@ -86,6 +148,12 @@ class Outcome(Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     LATE = "late"
+    #: A label that changes nothing (not a fraud).
+    IGNORED = "ignored"
+
+
+def _empty_tiles(specs: Sequence[TileSpec]) -> dict[str, dict[int, list[float]]]:
+    return {spec.name: {} for spec in specs}
 
 
 @dataclass
@@ -93,10 +161,12 @@ class CardState:
     """Everything the stream keeps per card. Persisted as one Feast row (see `to_row`)."""
 
     last_event_ms: int = 0
-    #: tile spec name -> tile index -> [count, amount sum]
+    #: tile spec name -> tile index -> [count, amount sum, amount sum of squares]
     tiles: dict[str, dict[int, list[float]]] = field(
-        default_factory=lambda: {spec.name: {} for spec in TILE_SPECS}
+        default_factory=lambda: _empty_tiles(TILE_SPECS)
     )
+    #: hour tile index -> terminal ids seen in it (first MAX_TERMINALS_PER_TILE, in order).
+    terminals: dict[int, list[str]] = field(default_factory=dict)
     #: transaction_id -> event_ms of transactions inside the lateness horizon, for dedup.
     recent: dict[str, int] = field(default_factory=dict)
 
@@ -104,7 +174,33 @@ class CardState:
         return CardState(
             last_event_ms=self.last_event_ms,
             tiles={name: {k: list(v) for k, v in t.items()} for name, t in self.tiles.items()},
+            terminals={k: list(v) for k, v in self.terminals.items()},
             recent=dict(self.recent),
+        )
+
+
+@dataclass
+class TerminalState:
+    """Everything the stream keeps per terminal. Persisted as one Feast row (`terminal_to_row`)."""
+
+    #: Newest transaction event time (labels do not move it).
+    last_event_ms: int = 0
+    #: tile spec name -> tile index -> [transactions, labelled frauds among them]
+    tiles: dict[str, dict[int, list[float]]] = field(
+        default_factory=lambda: _empty_tiles(TERMINAL_TILE_SPECS)
+    )
+    #: transaction_id -> event_ms of transactions inside the lateness horizon, for dedup.
+    recent: dict[str, int] = field(default_factory=dict)
+    #: transaction_id -> transaction time of every fraud counted in a retained tile: a label is
+    #: counted exactly once however often it is redelivered.
+    frauds: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> TerminalState:
+        return TerminalState(
+            last_event_ms=self.last_event_ms,
+            tiles={name: {k: list(v) for k, v in t.items()} for name, t in self.tiles.items()},
+            recent=dict(self.recent),
+            frauds=dict(self.frauds),
         )
 
 
@@ -114,6 +210,7 @@ def apply_transaction(
     event_ms: int,
     amount: float,
     allowed_lateness_ms: int,
+    terminal_id: str | None = None,
 ) -> Outcome:
     """Fold one transaction into `state` in place, exactly once.
 
@@ -127,9 +224,14 @@ def apply_transaction(
     if state.last_event_ms and event_ms < state.last_event_ms - allowed_lateness_ms:
         return Outcome.LATE
     for spec in TILE_SPECS:
-        tile = state.tiles[spec.name].setdefault(event_ms // spec.ms, [0, 0.0])
+        tile = state.tiles[spec.name].setdefault(event_ms // spec.ms, [0, 0.0, 0.0])
         tile[0] += 1
         tile[1] += amount
+        tile[2] += amount * amount
+    if terminal_id:
+        seen = state.terminals.setdefault(event_ms // HOUR.ms, [])
+        if terminal_id not in seen and len(seen) < MAX_TERMINALS_PER_TILE:
+            seen.append(terminal_id)
     state.recent[transaction_id] = event_ms
     if event_ms > state.last_event_ms:
         state.last_event_ms = event_ms
@@ -137,35 +239,149 @@ def apply_transaction(
     return Outcome.APPLIED
 
 
+def _prune_tiles(
+    tiles: dict[str, dict[int, list[float]]], specs: Sequence[TileSpec], last_ms: int
+) -> None:
+    for spec in specs:
+        oldest = last_ms // spec.ms - spec.keep
+        by_idx = tiles[spec.name]
+        for idx in [i for i in by_idx if i <= oldest]:
+            del by_idx[idx]
+
+
 def _prune(state: CardState, allowed_lateness_ms: int) -> None:
     horizon = state.last_event_ms - allowed_lateness_ms
     state.recent = {tid: ms for tid, ms in state.recent.items() if ms >= horizon}
-    for spec in TILE_SPECS:
-        oldest = state.last_event_ms // spec.ms - spec.keep
-        tiles = state.tiles[spec.name]
-        for idx in [i for i in tiles if i <= oldest]:
-            del tiles[idx]
+    _prune_tiles(state.tiles, TILE_SPECS, state.last_event_ms)
+    oldest_hour = state.last_event_ms // HOUR.ms - HOUR.keep
+    for idx in [i for i in state.terminals if i <= oldest_hour]:
+        del state.terminals[idx]
+
+
+def apply_terminal_transaction(
+    state: TerminalState, transaction_id: str, event_ms: int, allowed_lateness_ms: int
+) -> Outcome:
+    """Count one transaction at the terminal, exactly once (same rules as a card's)."""
+    if transaction_id in state.recent:
+        return Outcome.DUPLICATE
+    if state.last_event_ms and event_ms < state.last_event_ms - allowed_lateness_ms:
+        return Outcome.LATE
+    for spec in TERMINAL_TILE_SPECS:
+        tile = state.tiles[spec.name].setdefault(event_ms // spec.ms, [0, 0])
+        tile[0] += 1
+    state.recent[transaction_id] = event_ms
+    if event_ms > state.last_event_ms:
+        state.last_event_ms = event_ms
+        horizon = event_ms - allowed_lateness_ms
+        state.recent = {tid: ms for tid, ms in state.recent.items() if ms >= horizon}
+        _prune_tiles(state.tiles, TERMINAL_TILE_SPECS, event_ms)
+        oldest_day = event_ms // DAY.ms - DAY.keep
+        state.frauds = {t: ms for t, ms in state.frauds.items() if ms // DAY.ms > oldest_day}
+    return Outcome.APPLIED
+
+
+def apply_terminal_label(
+    state: TerminalState, transaction_id: str, transaction_ms: int, is_fraud: bool
+) -> Outcome:
+    """Count a fraud label when it *arrives*, in the tiles of its transaction's time.
+
+    From then on the windows holding that transaction count it as a fraud; before, they did
+    not, which is what the scorer knew. A repeated label for the same transaction is a
+    DUPLICATE; one whose transaction lies before every retained day tile is LATE (no window can
+    hold it any more). A not-fraud label changes nothing (IGNORED).
+    """
+    if not is_fraud:
+        return Outcome.IGNORED
+    if transaction_id in state.frauds:
+        return Outcome.DUPLICATE
+    if state.last_event_ms and transaction_ms // DAY.ms <= state.last_event_ms // DAY.ms - DAY.keep:
+        return Outcome.LATE
+    for spec in TERMINAL_TILE_SPECS:
+        idx = transaction_ms // spec.ms
+        # A tile already pruned is outside every window a later read can ask for: skip it
+        # rather than resurrect it.
+        if state.last_event_ms and idx <= state.last_event_ms // spec.ms - spec.keep:
+            continue
+        state.tiles[spec.name].setdefault(idx, [0, 0])[1] += 1
+    state.frauds[transaction_id] = transaction_ms
+    return Outcome.APPLIED
+
+
+def _window_sums(
+    tiles: Mapping[str, Mapping[int, Sequence[float]]], window: Window, now_ms: int, width: int
+) -> list[float]:
+    """Element-wise sums of the tiles inside `window` finished at `now_ms`."""
+    sums = [0.0] * width
+    current = now_ms // window.tiles.ms
+    first = current - window.n_tiles
+    for idx, values in sorted(tiles[window.tiles.name].items()):
+        if first < idx <= current:
+            for i in range(width):
+                sums[i] += values[i]
+    return sums
 
 
 def card_features(state: CardState | None, now_ms: int) -> dict[str, float]:
-    """The card's history features as of `now_ms`, finishing every window at read time."""
+    """The card's history features as of `now_ms`, finishing every window at read time.
+
+    Means of empty windows are NaN (no spend to average), not 0.
+    """
     out: dict[str, float] = {}
     for window in CARD_WINDOWS:
-        count = 0.0
-        total = 0.0
+        count, total = 0.0, 0.0
         if state is not None:
-            current = now_ms // window.tiles.ms
-            first = current - window.n_tiles
-            for idx, (cnt, amt) in sorted(state.tiles[window.tiles.name].items()):
-                if first < idx <= current:
-                    count += cnt
-                    total += amt
+            count, total = _window_sums(state.tiles, window, now_ms, 2)
         out[f"card_count_{window.name}"] = count
         out[f"card_amount_sum_{window.name}"] = round(total, 6)
+        out[f"card_amount_mean_{window.name}"] = round(total / count, 6) if count else math.nan
     if state is None or not state.last_event_ms:
         out["card_seconds_since_last"] = math.nan
     else:
         out["card_seconds_since_last"] = max(0.0, (now_ms - state.last_event_ms) / 1000.0)
+    distinct: set[str] = set()
+    if state is not None:
+        current = now_ms // HOUR.ms
+        first = current - TERMINALS_WINDOW.n_tiles
+        for idx, ids in state.terminals.items():
+            if first < idx <= current:
+                distinct.update(ids)
+    out[f"card_distinct_terminals_{TERMINALS_WINDOW.name}"] = float(len(distinct))
+    return out
+
+
+def amount_zscore(state: CardState | None, amount: float, now_ms: int) -> float:
+    """How many standard deviations `amount` is from the card's 30-day mean.
+
+    NaN when the window holds no transaction, or when their spread is 0 (one transaction, or
+    all of the same amount): a deviation from a point has no scale, and 0 or inf would both
+    claim something the history cannot say.
+    """
+    if state is None:
+        return math.nan
+    count, total, squares = _window_sums(state.tiles, ZSCORE_WINDOW, now_ms, 3)
+    if not count:
+        return math.nan
+    mean = total / count
+    variance = squares / count - mean * mean
+    # Sums of squares cancel badly: a spread below float noise relative to the mean is zero.
+    if variance <= 1e-9 * max(1.0, mean * mean):
+        return math.nan
+    return round((amount - mean) / math.sqrt(variance), 6)
+
+
+def terminal_features(state: TerminalState | None, now_ms: int) -> dict[str, float]:
+    """The terminal's volume and known fraud share as of `now_ms`.
+
+    Risk is frauds known now among the window's transactions / those transactions; NaN for a
+    window without transactions.
+    """
+    out: dict[str, float] = {}
+    for window in TERMINAL_WINDOWS:
+        count, frauds = 0.0, 0.0
+        if state is not None:
+            count, frauds = _window_sums(state.tiles, window, now_ms, 2)
+        out[f"terminal_count_{window.name}"] = count
+        out[f"terminal_risk_{window.name}"] = round(frauds / count, 6) if count else math.nan
     return out
 
 
@@ -184,19 +400,42 @@ def feature_vector(features: Mapping[str, float]) -> list[float]:
     return [float(features[name]) for name in FEATURE_NAMES]
 
 
-def all_features(state: CardState | None, amount: float, event_ms: int) -> dict[str, float]:
-    """The full model input for a transaction, given the card state before it."""
-    return {**transaction_features(amount, event_ms), **card_features(state, event_ms)}
+def all_features(
+    state: CardState | None,
+    amount: float,
+    event_ms: int,
+    terminal: TerminalState | None = None,
+) -> dict[str, float]:
+    """The full model input for a transaction, given the card and terminal states before it."""
+    return {
+        **transaction_features(amount, event_ms),
+        **card_features(state, event_ms),
+        f"card_amount_zscore_{ZSCORE_WINDOW.name}": amount_zscore(state, amount, event_ms),
+        **terminal_features(terminal, event_ms),
+    }
 
 
-# --- Persistence: one Feast row per card state ------------------------------------------
+# --- Persistence: one Feast row per card / terminal state ----------------------------------
 
 #: Columns of the `card_state` feature view, in the order `to_row` writes them.
 STATE_COLUMNS: tuple[str, ...] = (
     "last_event_ms",
-    *(f"{spec.name}_{part}" for spec in TILE_SPECS for part in ("idx", "cnt", "amt")),
+    *(f"{spec.name}_{part}" for spec in TILE_SPECS for part in ("idx", "cnt", "amt", "sq")),
+    "h_term_idx",
+    "h_term_ids",
     "recent_ids",
     "recent_ms",
+)
+
+#: Columns of the `terminal_state` feature view. Prefixed, so one online read can fetch both
+#: views without name clashes.
+TERMINAL_STATE_COLUMNS: tuple[str, ...] = (
+    "t_last_event_ms",
+    *(f"t_{spec.name}_{part}" for spec in TERMINAL_TILE_SPECS for part in ("idx", "cnt", "fraud")),
+    "t_recent_ids",
+    "t_recent_ms",
+    "t_fraud_ids",
+    "t_fraud_ms",
 )
 
 
@@ -207,6 +446,11 @@ def to_row(state: CardState) -> dict[str, Any]:
         row[f"{spec.name}_idx"] = [idx for idx, _ in items]
         row[f"{spec.name}_cnt"] = [int(v[0]) for _, v in items]
         row[f"{spec.name}_amt"] = [float(v[1]) for _, v in items]
+        row[f"{spec.name}_sq"] = [float(v[2]) for _, v in items]
+    # Flattened (hour, terminal) pairs: Feast has no nested arrays.
+    pairs = [(idx, tid) for idx, ids in sorted(state.terminals.items()) for tid in ids]
+    row["h_term_idx"] = [idx for idx, _ in pairs]
+    row["h_term_ids"] = [tid for _, tid in pairs]
     recent = sorted(state.recent.items())
     row["recent_ids"] = [tid for tid, _ in recent]
     row["recent_ms"] = [ms for _, ms in recent]
@@ -223,12 +467,54 @@ def from_row(row: Mapping[str, Any]) -> CardState | None:
         idx = _seq(row.get(f"{spec.name}_idx"))
         cnt = _seq(row.get(f"{spec.name}_cnt"))
         amt = _seq(row.get(f"{spec.name}_amt"))
+        sq = _seq(row.get(f"{spec.name}_sq"))
         state.tiles[spec.name] = {
-            int(i): [float(c), float(a)] for i, c, a in zip(idx, cnt, amt, strict=True)
+            int(i): [float(c), float(a), float(s)]
+            for i, c, a, s in zip(idx, cnt, amt, sq, strict=True)
         }
+    for idx, tid in zip(_seq(row.get("h_term_idx")), _seq(row.get("h_term_ids")), strict=True):
+        state.terminals.setdefault(int(idx), []).append(str(tid))
     ids = _seq(row.get("recent_ids"))
     ms = _seq(row.get("recent_ms"))
     state.recent = {str(t): int(m) for t, m in zip(ids, ms, strict=True)}
+    return state
+
+
+def terminal_to_row(state: TerminalState) -> dict[str, Any]:
+    row: dict[str, Any] = {"t_last_event_ms": state.last_event_ms}
+    for spec in TERMINAL_TILE_SPECS:
+        items = sorted(state.tiles[spec.name].items())
+        row[f"t_{spec.name}_idx"] = [idx for idx, _ in items]
+        row[f"t_{spec.name}_cnt"] = [int(v[0]) for _, v in items]
+        row[f"t_{spec.name}_fraud"] = [int(v[1]) for _, v in items]
+    recent = sorted(state.recent.items())
+    row["t_recent_ids"] = [tid for tid, _ in recent]
+    row["t_recent_ms"] = [ms for _, ms in recent]
+    frauds = sorted(state.frauds.items())
+    row["t_fraud_ids"] = [tid for tid, _ in frauds]
+    row["t_fraud_ms"] = [ms for _, ms in frauds]
+    return row
+
+
+def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:
+    """Inverse of `terminal_to_row`; None when the store has no state for the terminal."""
+    last = row.get("t_last_event_ms")
+    if last is None or (isinstance(last, float) and math.isnan(last)):
+        return None
+    state = TerminalState(last_event_ms=int(last))
+    for spec in TERMINAL_TILE_SPECS:
+        idx = _seq(row.get(f"t_{spec.name}_idx"))
+        cnt = _seq(row.get(f"t_{spec.name}_cnt"))
+        fraud = _seq(row.get(f"t_{spec.name}_fraud"))
+        state.tiles[spec.name] = {
+            int(i): [int(c), int(f)] for i, c, f in zip(idx, cnt, fraud, strict=True)
+        }
+    ids = _seq(row.get("t_recent_ids"))
+    ms = _seq(row.get("t_recent_ms"))
+    state.recent = {str(t): int(m) for t, m in zip(ids, ms, strict=True)}
+    fids = _seq(row.get("t_fraud_ids"))
+    fms = _seq(row.get("t_fraud_ms"))
+    state.frauds = {str(t): int(m) for t, m in zip(fids, fms, strict=True)}
     return state
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from services.common import features
 
 CARD_STATE_DIR = Path("data") / "card_state"
+TERMINAL_STATE_DIR = Path("data") / "terminal_state"
 TRANSACTIONS_DIR = Path("data") / "transactions"
 LABELS_DIR = Path("data") / "labels"
 
@@ -26,22 +27,25 @@ _LIST_TYPES: dict[str, pa.DataType] = {
     "idx": pa.list_(pa.int64()),
     "cnt": pa.list_(pa.int64()),
     "amt": pa.list_(pa.float64()),
+    "sq": pa.list_(pa.float64()),
+    "fraud": pa.list_(pa.int64()),
     "ids": pa.list_(pa.string()),
     "ms": pa.list_(pa.int64()),
 }
 
 
-def _card_state_schema() -> pa.Schema:
-    fields = [pa.field("card_id", pa.string()), pa.field("event_timestamp", _TS)]
-    for column in features.STATE_COLUMNS:
-        if column == "last_event_ms":
+def _state_schema(key: str, columns: tuple[str, ...]) -> pa.Schema:
+    fields = [pa.field(key, pa.string()), pa.field("event_timestamp", _TS)]
+    for column in columns:
+        if column.endswith("last_event_ms"):
             fields.append(pa.field(column, pa.int64()))
         else:
             fields.append(pa.field(column, _LIST_TYPES[column.rsplit("_", 1)[1]]))
     return pa.schema(fields)
 
 
-CARD_STATE_SCHEMA = _card_state_schema()
+CARD_STATE_SCHEMA = _state_schema("card_id", features.STATE_COLUMNS)
+TERMINAL_STATE_SCHEMA = _state_schema("terminal_id", features.TERMINAL_STATE_COLUMNS)
 
 TRANSACTIONS_SCHEMA = pa.schema(
     [
@@ -67,6 +71,7 @@ LABELS_SCHEMA = pa.schema(
 
 DATASETS: dict[Path, pa.Schema] = {
     CARD_STATE_DIR: CARD_STATE_SCHEMA,
+    TERMINAL_STATE_DIR: TERMINAL_STATE_SCHEMA,
     TRANSACTIONS_DIR: TRANSACTIONS_SCHEMA,
     LABELS_DIR: LABELS_SCHEMA,
 }
@@ -100,24 +105,40 @@ def read(folder: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
 
 
-def card_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:
-    """(card_id, event_ms, features.to_row(state)) in applied order -> a card_state part.
+def _state_table(
+    schema: pa.Schema,
+    columns: tuple[str, ...],
+    rows: list[tuple[str, int, dict[str, object]]],
+) -> pa.Table:
+    """(key, event_ms, state row) in applied order -> a state part of `schema`.
 
     Rows are stamped in microseconds: event_ms * 1000, plus one for each earlier row of the
-    same card in the same millisecond, so the state after the second of two same-millisecond
-    payments is unambiguously the latest (point-in-time joins otherwise break the tie at will).
+    same key in the same millisecond, so the state after the second of two same-millisecond
+    events is unambiguously the latest (point-in-time joins otherwise break the tie at will).
     """
-    columns: dict[str, list[object]] = {name: [] for name in CARD_STATE_SCHEMA.names}
+    key = schema.names[0]
+    data: dict[str, list[object]] = {name: [] for name in schema.names}
     last: dict[str, tuple[int, int]] = {}
-    for card_id, event_ms, row in rows:
-        prev_ms, prev_seq = last.get(card_id, (-1, -1))
+    for key_value, event_ms, row in rows:
+        prev_ms, prev_seq = last.get(key_value, (-1, -1))
         seq = prev_seq + 1 if prev_ms == event_ms else 0
-        last[card_id] = (event_ms, seq)
-        columns["card_id"].append(card_id)
-        columns["event_timestamp"].append(event_ms * 1000 + min(seq, 999))
-        for column in features.STATE_COLUMNS:
-            columns[column].append(row[column])
-    return pa.table(
-        [pa.array(columns[f.name], type=f.type) for f in CARD_STATE_SCHEMA],
-        schema=CARD_STATE_SCHEMA,
-    )
+        last[key_value] = (event_ms, seq)
+        data[key].append(key_value)
+        data["event_timestamp"].append(event_ms * 1000 + min(seq, 999))
+        for column in columns:
+            data[column].append(row[column])
+    return pa.table([pa.array(data[f.name], type=f.type) for f in schema], schema=schema)
+
+
+def card_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:
+    """(card_id, event_ms, features.to_row(state)) in applied order -> a card_state part."""
+    return _state_table(CARD_STATE_SCHEMA, features.STATE_COLUMNS, rows)
+
+
+def terminal_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:
+    """(terminal_id, stamp_ms, features.terminal_to_row(state)) in applied order -> a part.
+
+    stamp_ms is when the state changed: the transaction's event time, or a label's reported
+    time (a label is known from then on, never earlier).
+    """
+    return _state_table(TERMINAL_STATE_SCHEMA, features.TERMINAL_STATE_COLUMNS, rows)

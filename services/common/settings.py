@@ -130,6 +130,21 @@ class StreamSettings(BaseSettings):
     cache_max_cards: int = Field(
         100_000, description="Card states kept in memory; the least recently used go first."
     )
+    terminal_events_topic: str | None = Field(
+        None,
+        description="Internal topic (key = terminal_id) carrying counted transactions and labels "
+        "to the terminal agent, the one writer of each terminal's state. Unset: "
+        "`<KAFKA_TRANSACTIONS_TOPIC>.terminal-events`.",
+    )
+    terminal_allowed_lateness_s: int = Field(
+        3600,
+        description="Transactions older than the terminal's latest by more are not counted at "
+        "the terminal. Larger than the card lateness: a terminal's events come from every card "
+        "partition, which a worker consumes at slightly different paces.",
+    )
+
+    def terminal_topic(self, transactions_topic: str) -> str:
+        return self.terminal_events_topic or f"{transactions_topic}.terminal-events"
 
 
 class ScorerSettings(BaseSettings):
@@ -149,6 +164,28 @@ class ScorerSettings(BaseSettings):
     max_workers: int = Field(16, description="gRPC thread pool size.")
     shutdown_grace_s: float = Field(
         5.0, description="On SIGTERM, seconds in-flight calls get to finish before cancel."
+    )
+    feature_path: Literal["redis", "feast"] = Field(
+        "redis",
+        description="How card state is read: 'redis' (Feast's Redis online store read "
+        "directly, one pipelined HMGET; the fast path) or 'feast' (get_online_features).",
+    )
+    redis_timeout_s: float = Field(
+        0.05, description="Socket and connect timeout of the direct Redis read (no retries)."
+    )
+    batch_max: int = Field(1000, description="Most transactions one ScoreBatch may carry.")
+    batch_budget_ms: float = Field(
+        250.0, description="Budget for the feature+model path of one whole ScoreBatch."
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="If set, every scorer call needs `authorization: Bearer <token>` metadata "
+        "(health and reflection stay open).",
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate; with the key: TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the certificate.")
+    publish_queue_max: int = Field(
+        100_000, description="Scores buffered for the `scores` topic; beyond it they are dropped."
     )
 
 

@@ -7,6 +7,7 @@ real card number sent by mistake.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -62,3 +63,39 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
                 raise  # unreachable: abort raises
 
         return handler._replace(unary_unary=guarded)
+
+
+#: Services anyone may call: balancers probe health, operators list services without a token.
+OPEN_SERVICES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _unauthenticated(request: Any, context: grpc.ServicerContext) -> Any:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>` metadata (UNAUTHENTICATED)."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("an empty token would let everyone in")
+        self._expected = f"Bearer {token}".encode()
+        self._refuse = grpc.unary_unary_rpc_method_handler(_unauthenticated)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[Any], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        method = handler_call_details.method
+        if method.startswith(OPEN_SERVICES):
+            return continuation(handler_call_details)
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                # Constant time: the comparison must not leak how much of a guess was right.
+                if hmac.compare_digest(given, self._expected):
+                    return continuation(handler_call_details)
+                break
+        log.debug("%s: refused, no valid bearer token", method)
+        return self._refuse

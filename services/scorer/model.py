@@ -118,3 +118,17 @@ class LoadedModel:
 
     def score(self, vector: Sequence[float]) -> tuple[float, list[Reason]]:
         return self.predict(vector), self.explain(vector)
+
+    def score_many(
+        self, vectors: Sequence[Sequence[float]], n: int = TOP_REASONS
+    ) -> list[tuple[float, list[Reason]]]:
+        """Many rows at once: one predict and one contributions call for the whole batch."""
+        if not vectors:
+            return []
+        rows = np.asarray(vectors, dtype=np.float64)
+        scores = self.booster.predict(rows, num_threads=1)
+        contrib = self.booster.predict(rows, pred_contrib=True, num_threads=1)
+        return [
+            (float(s), top_reasons(features.FEATURE_NAMES, c[:-1], n))
+            for s, c in zip(scores, contrib, strict=True)
+        ]

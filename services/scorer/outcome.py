@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.proto.fraudscore.v1 import scorer_pb2
 
@@ -35,6 +39,30 @@ class ScoreOutcome:
     fallback_reason: str | None = None
     #: The model input computed for this transaction, when the feature read succeeded.
     features: dict[str, float] | None = field(default=None, compare=False)
+    #: The scored transaction's card token and event time, for the `scores` topic.
+    card_id: str = field(default="", compare=False)
+    event_ms: int = field(default=0, compare=False)
+
+    def to_record(self, scored_at_s: float | None = None) -> scorer_pb2.ScoreRecord:
+        """The `scores` topic message. NaN features (e.g. no previous transaction) are left
+        out: absent and unknown mean the same to a reader of the topic."""
+        scored_at = Timestamp()
+        scored_at.FromNanoseconds(int((time.time() if scored_at_s is None else scored_at_s) * 1e9))
+        event_time = Timestamp()
+        event_time.FromMilliseconds(self.event_ms)
+        return scorer_pb2.ScoreRecord(
+            transaction_id=self.transaction_id,
+            card_id=self.card_id,
+            score=self.score,
+            decision=self.decision,
+            model_version=self.model_version,
+            fallback_used=self.fallback_used,
+            fallback_reason=self.fallback_reason or "",
+            features={k: v for k, v in (self.features or {}).items() if not math.isnan(v)},
+            reasons=[r.to_proto() for r in self.reasons],
+            event_time=event_time,
+            scored_at=scored_at,
+        )
 
     def to_proto(self) -> scorer_pb2.ScoreResponse:
         return scorer_pb2.ScoreResponse(

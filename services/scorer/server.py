@@ -22,13 +22,14 @@ from opentelemetry import trace
 from services.common.model_registry import ModelRegistry
 from services.common.settings import (
     FeastSettings,
+    KafkaSettings,
     RedisSettings,
     ScorerSettings,
     TelemetrySettings,
 )
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc
 from services.scorer.breaker import GuardedPath
-from services.scorer.interceptors import DomainErrorInterceptor
+from services.scorer.interceptors import BearerTokenInterceptor, DomainErrorInterceptor
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.model import LoadedModel
 from services.scorer.online_features import FeatureReader
@@ -156,24 +157,63 @@ def create_server(
         on_scored=on_scored,
         tracer=tracer,
     )
+    interceptors: list[grpc.ServerInterceptor] = []
+    if settings.auth_token is not None:
+        interceptors.append(BearerTokenInterceptor(settings.auth_token.get_secret_value()))
+    interceptors.append(DomainErrorInterceptor())
     inner = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-        interceptors=[DomainErrorInterceptor()],
+        interceptors=interceptors,
     )
     scorer_pb2_grpc.add_FraudScorerServicer_to_server(servicer, inner)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
     )
-    port = int(inner.add_insecure_port(address))
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = int(inner.add_insecure_port(address))
+    else:
+        port = int(inner.add_secure_port(address, credentials))
     if port == 0:
         guarded.shutdown()
         raise RuntimeError(f"cannot bind the scorer to {address}")
     inner.start()
     if watch_registry:
         holder.start_watching(settings.registry_poll_s)
-    log.info("scorer listening on %s (port %s)", address, port)
+    log.info(
+        "scorer listening on %s (port %s, %s, %s)",
+        address,
+        port,
+        "TLS" if credentials is not None else "plaintext",
+        "bearer token required" if settings.auth_token is not None else "no auth",
+    )
     return ScorerServer(inner, servicer, health_servicer, owns_watcher=watch_registry), port
+
+
+def server_credentials(settings: ScorerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials when both a certificate and its key are configured, else None."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise RuntimeError("TLS needs both SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE")
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+
+def build_reader(settings: ScorerSettings, store: Any) -> FeatureReader:
+    """The card-state reader `settings.feature_path` asks for, warmed up."""
+    from services.scorer.online_features import FeastFeatureReader
+    from services.scorer.redis_reader import FastFeatureReader
+
+    reader: FastFeatureReader | FeastFeatureReader
+    if settings.feature_path == "redis":
+        reader = FastFeatureReader.from_store(store, timeout_s=settings.redis_timeout_s)
+    else:
+        reader = FeastFeatureReader(store)
+    reader.warm_up()
+    log.info("feature path: %s", settings.feature_path)
+    return reader
 
 
 def serve(
@@ -182,13 +222,14 @@ def serve(
     redis: RedisSettings | None = None,
     telemetry: TelemetrySettings | None = None,
     address: str | None = None,
+    kafka_settings: KafkaSettings | None = None,
 ) -> int:
     """Run the scorer until SIGTERM/SIGINT, then stop gracefully. Returns an exit code."""
     from prometheus_client import start_http_server
 
     from services.common import feast_repo
     from services.common import telemetry as tracing
-    from services.scorer.online_features import FeastFeatureReader
+    from services.scorer.publisher import ScorePublisher
 
     settings = settings or ScorerSettings()
     feast = feast or FeastSettings()
@@ -198,8 +239,12 @@ def serve(
     repo_dir = feast_repo.prepare(feast, redis)
     if not (repo_dir / "data" / "registry.db").exists():
         feast_repo.apply(repo_dir)
-    reader = FeastFeatureReader(feast_repo.open_store(repo_dir))
-    reader.warm_up()
+    reader = build_reader(settings, feast_repo.open_store(repo_dir))
+    kafka_settings = kafka_settings or KafkaSettings()
+    publisher: ScorePublisher | None = None
+    if kafka_settings.bootstrap_servers:
+        publisher = ScorePublisher(kafka_settings, settings.publish_queue_max)
+        log.info("publishing scores to %s", kafka_settings.scores_topic)
 
     metrics = ScorerMetrics()
     if settings.metrics_port > 0:
@@ -216,14 +261,22 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     try:
         server, _ = create_server(
-            address or settings.address, settings, feature_reader=reader, metrics=metrics
+            address or settings.address,
+            settings,
+            feature_reader=reader,
+            metrics=metrics,
+            on_scored=publisher,
         )
     except RuntimeError as exc:
         log.error("%s", exc)
+        if publisher is not None:
+            publisher.close(0)
         return 1
     while not stop.wait(1.0):
         pass
     server.stop(settings.shutdown_grace_s).wait()
+    if publisher is not None:
+        publisher.close()
     tracing.shutdown_tracing()
     log.info("scorer stopped")
     return 0

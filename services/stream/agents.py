@@ -5,10 +5,14 @@ failed store call is retried (with backoff) rather than raised, because faust ac
 even when its handler crashes. Redelivered transactions are harmless: their ids are in the
 stored state, so they come back as DUPLICATE and nothing is written.
 
-Write order per batch: offline parts, then the online push. The offline history is then never
-behind what the scorer was served; a crash in between only repeats offline rows on redelivery
-(identical content, readers deduplicate by transaction_id), whereas the other order could
-lose them for good, because the redelivered transactions would be DUPLICATE online.
+Write order per batch: offline parts, then the forward to the terminal-events topic (acked),
+then the online push. The offline history is then never behind what the scorer was served; a
+crash in between only repeats offline rows and forwards on redelivery (identical content;
+readers deduplicate by transaction_id, terminal state by its own dedup), whereas the other
+order could lose them for good, because the redelivered transactions would be DUPLICATE online.
+
+Terminal state has one writer per terminal: the terminal agent, fed by the internal topic keyed
+by terminal_id, so each terminal lives in exactly one partition.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from faust.types import AppT, EventT, TopicT
 from services.common.events import ValidTransaction
 from services.common.features import Outcome
 from services.stream import metrics, processor
-from services.stream.processor import CachedCard, Rejected, StateCache
+from services.stream.processor import (
+    CachedCard,
+    CachedTerminal,
+    Rejected,
+    StateCache,
+    TerminalEvent,
+)
 from services.stream.sink import FeastSink
 
 log = logging.getLogger(__name__)
@@ -85,6 +95,22 @@ class DeadLetters:
             await asyncio.gather(*pending)
 
 
+class TerminalForwarder:
+    """Sends terminal events to the internal topic, keyed by terminal, and waits for the acks."""
+
+    def __init__(self, topic: TopicT) -> None:
+        self.topic = topic
+
+    async def send(self, terminal_events: Sequence[TerminalEvent]) -> None:
+        pending = [
+            await self.topic.send(key=event.terminal_id.encode(), value=event.encode())
+            for event in terminal_events
+        ]
+        # Acked before the batch is acked (and before the online push), so none can be lost.
+        if pending:
+            await asyncio.gather(*pending)
+
+
 async def until_done(
     kind: str,
     handle: Callable[[Sequence[EventT]], Awaitable[None]],
@@ -113,13 +139,15 @@ class TransactionHandler:
         self,
         store: StoreCaller,
         dead_letters: DeadLetters,
-        cache: StateCache,
+        cache: StateCache[CachedCard],
         allowed_lateness_ms: int,
+        forwarder: TerminalForwarder | None = None,
     ) -> None:
         self.store = store
         self.dead_letters = dead_letters
         self.cache = cache
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.forwarder = forwarder
 
     async def handle(self, batch: Sequence[EventT]) -> None:
         metrics.EVENTS.labels("transaction").inc(len(batch))
@@ -158,7 +186,12 @@ class TransactionHandler:
         await self.store.call(
             "offline", sink.write_offline, result.state_rows, result.transaction_rows
         )
+        if self.forwarder is not None:
+            await self.forwarder.send(
+                processor.terminal_events_of_transactions(result.transaction_rows)
+            )
         await self.store.call("online", sink.push_online, result.states, stamps)
+        metrics.APPLIED_ONLINE.labels("card").inc(len(result.state_rows))
         # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
         updated = dict(cards)
         updated.update(
@@ -178,11 +211,18 @@ class TransactionHandler:
 
 
 class LabelHandler:
-    """One batch of `FraudLabel` events -> DLQ or one label-log part."""
+    """One batch of `FraudLabel` events -> DLQ, or one label-log part and a forward of each
+    label to its terminal."""
 
-    def __init__(self, store: StoreCaller, dead_letters: DeadLetters) -> None:
+    def __init__(
+        self,
+        store: StoreCaller,
+        dead_letters: DeadLetters,
+        forwarder: TerminalForwarder | None = None,
+    ) -> None:
         self.store = store
         self.dead_letters = dead_letters
+        self.forwarder = forwarder
 
     async def handle(self, batch: Sequence[EventT]) -> None:
         metrics.EVENTS.labels("label").inc(len(batch))
@@ -199,6 +239,71 @@ class LabelHandler:
         if rows:
             # Redelivery can repeat a label row; readers keep one per transaction_id.
             await self.store.call("labels", self.store.sink.write_labels, rows)
+            if self.forwarder is not None:
+                await self.forwarder.send(processor.terminal_events_of_labels(rows))
+
+
+class TerminalHandler:
+    """One batch of terminal events -> terminal states, one offline part, one online push."""
+
+    def __init__(
+        self,
+        store: StoreCaller,
+        dead_letters: DeadLetters,
+        cache: StateCache[CachedTerminal],
+        allowed_lateness_ms: int,
+    ) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self.cache = cache
+        self.allowed_lateness_ms = allowed_lateness_ms
+
+    async def handle(self, batch: Sequence[EventT]) -> None:
+        metrics.EVENTS.labels("terminal").inc(len(batch))
+        metrics.BATCH_SIZE.labels("terminal").observe(len(batch))
+        valid: list[TerminalEvent] = []
+        rejects: list[tuple[EventT, Rejected]] = []
+        for event in batch:
+            parsed = processor.parse_terminal_event(event.message.value)
+            if isinstance(parsed, Rejected):
+                rejects.append((event, parsed))
+            else:
+                valid.append(parsed)
+        await self.dead_letters.send(rejects)
+        if valid:
+            await self._apply(valid)
+
+    async def _apply(self, valid: list[TerminalEvent]) -> None:
+        generation = self.cache.generation
+        terminals, misses = self.cache.split(dict.fromkeys(e.terminal_id for e in valid))
+        sink = self.store.sink
+        if misses:
+            terminals.update(await self.store.call("load", sink.load_terminals, misses))
+        result = processor.fold_terminal_batch(
+            valid,
+            {terminal_id: entry.state for terminal_id, entry in terminals.items()},
+            self.allowed_lateness_ms,
+        )
+        for outcome, count in result.outcomes.items():
+            if count:
+                metrics.TERMINAL_EVENTS.labels("all", outcome.value).inc(count)
+        now_us = time.time_ns() // 1000
+        stamps = {
+            terminal_id: processor.next_stamp_us(terminals[terminal_id].stamp_floor_us, now_us)
+            for terminal_id in result.states
+        }
+        await self.store.call("terminal_offline", sink.write_terminal_offline, result.state_rows)
+        await self.store.call("terminal_online", sink.push_terminals_online, result.states, stamps)
+        metrics.APPLIED_ONLINE.labels("terminal").inc(len(result.state_rows))
+        updated = dict(terminals)
+        updated.update(
+            {
+                terminal_id: CachedTerminal(state, stamps[terminal_id])
+                for terminal_id, state in result.states.items()
+            }
+        )
+        if not self.cache.update(updated, generation):
+            log.info("rebalance during a batch: its terminal states are not cached")
 
 
 def attach(
@@ -208,12 +313,14 @@ def attach(
     labels: TopicT,
     transaction_handler: TransactionHandler,
     label_handler: LabelHandler,
-    cache: StateCache,
+    cache: StateCache[CachedCard],
     batch_size: int,
     batch_window_s: float,
     retry_max_s: float,
+    terminal_events: TopicT | None = None,
+    terminal_handler: TerminalHandler | None = None,
 ) -> None:
-    """Register both agents and the rebalance hook on `app`."""
+    """Register the agents and the rebalance hook on `app`."""
 
     @app.agent(transactions, name="transactions")
     async def transactions_agent(stream: Any) -> None:
@@ -225,14 +332,26 @@ def attach(
         async for batch in stream.take_events(batch_size, within=batch_window_s):
             await until_done("label", label_handler.handle, batch, retry_max_s)
 
-    # Another worker may own a revoked partition's cards now: its cached states would go stale.
-    # Cards do not map to partitions here, so the whole cache goes, on revoke and on assign.
+    caches: list[StateCache[CachedCard] | StateCache[CachedTerminal]] = [cache]
+    if terminal_events is not None and terminal_handler is not None:
+        handler = terminal_handler
+        caches.append(handler.cache)
+
+        @app.agent(terminal_events, name="terminals")
+        async def terminals_agent(stream: Any) -> None:
+            async for batch in stream.take_events(batch_size, within=batch_window_s):
+                await until_done("terminal", handler.handle, batch, retry_max_s)
+
+    # Another worker may own a revoked partition's keys now: its cached states would go stale.
+    # Keys do not map to partitions here, so the whole caches go, on revoke and on assign.
     @app.on_partitions_revoked.connect
     async def _on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        if len(cache):
-            log.info("partitions revoked: dropping %s cached card states", len(cache))
-        cache.clear()
+        for each in caches:
+            if len(each):
+                log.info("partitions revoked: dropping %s cached states", len(each))
+            each.clear()
 
     @app.on_partitions_assigned.connect
     async def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        cache.clear()
+        for each in caches:
+            each.clear()

@@ -11,7 +11,7 @@ import faust
 from services.common import feast_repo, kafka
 from services.common.settings import FeastSettings, KafkaSettings, RedisSettings, StreamSettings
 from services.stream import agents, metrics
-from services.stream.processor import StateCache
+from services.stream.processor import CachedCard, CachedTerminal, StateCache
 from services.stream.sink import FeastSink
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def make_app(
     stream_settings: StreamSettings,
     sink: FeastSink,
 ) -> faust.App:
-    """One App: the transactions and labels agents writing through `sink`."""
+    """One App: the transactions, labels and terminal agents writing through `sink`."""
     app = faust.App(
         stream_settings.app_id,
         broker=broker_urls(kafka_settings),
@@ -64,9 +64,15 @@ def make_app(
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(name, key_serializer="raw", value_serializer="raw")
 
-    cache = StateCache(max_cards=stream_settings.cache_max_cards)
+    lateness_ms = stream_settings.allowed_lateness_s * 1000
+    cache: StateCache[CachedCard] = StateCache(max_cards=stream_settings.cache_max_cards)
+    terminal_cache: StateCache[CachedTerminal] = StateCache(
+        max_cards=stream_settings.cache_max_cards
+    )
     store = agents.StoreCaller(sink, stream_settings.write_retry_max_s)
     dlq = raw_topic(kafka_settings.dlq_topic)
+    terminal_events = raw_topic(stream_settings.terminal_topic(kafka_settings.transactions_topic))
+    forwarder = agents.TerminalForwarder(terminal_events)
     agents.attach(
         app,
         transactions=raw_topic(kafka_settings.transactions_topic),
@@ -75,13 +81,21 @@ def make_app(
             store,
             agents.DeadLetters(dlq, "transaction"),
             cache,
-            allowed_lateness_ms=stream_settings.allowed_lateness_s * 1000,
+            allowed_lateness_ms=lateness_ms,
+            forwarder=forwarder,
         ),
-        label_handler=agents.LabelHandler(store, agents.DeadLetters(dlq, "label")),
+        label_handler=agents.LabelHandler(store, agents.DeadLetters(dlq, "label"), forwarder),
         cache=cache,
         batch_size=stream_settings.batch_size,
         batch_window_s=stream_settings.batch_window_s,
         retry_max_s=stream_settings.write_retry_max_s,
+        terminal_events=terminal_events,
+        terminal_handler=agents.TerminalHandler(
+            store,
+            agents.DeadLetters(dlq, "terminal"),
+            terminal_cache,
+            allowed_lateness_ms=stream_settings.terminal_allowed_lateness_s * 1000,
+        ),
     )
     return app
 
@@ -92,12 +106,26 @@ def prepare(
     redis_settings: RedisSettings,
     stream_settings: StreamSettings,
 ) -> Path:
-    """The Feast repo dir, prepared/applied and topics created first if the settings ask so."""
+    """The Feast repo dir, prepared/applied and topics created first if the settings ask so.
+
+    The internal terminal-events topic is the stream's own, so it is created if missing even
+    without the setup; where the worker may not create topics, a deploy step must.
+    """
+    terminal_topic = stream_settings.terminal_topic(kafka_settings.transactions_topic)
     if not stream_settings.setup_on_start:
+        try:
+            kafka.ensure_topics(kafka_settings, [terminal_topic])
+        except Exception as exc:
+            log.warning("could not ensure internal topic %s: %s", terminal_topic, exc)
         return feast_settings.work_dir.resolve()
     kafka.ensure_topics(
         kafka_settings,
-        [kafka_settings.transactions_topic, kafka_settings.labels_topic, kafka_settings.dlq_topic],
+        [
+            kafka_settings.transactions_topic,
+            kafka_settings.labels_topic,
+            kafka_settings.dlq_topic,
+            terminal_topic,
+        ],
     )
     return feast_repo.prepare_and_apply(feast_settings, redis_settings)
 

@@ -18,6 +18,18 @@ TRANSACTIONS = Counter(
     "Valid transactions by outcome: applied, duplicate (redelivery), late (beyond lateness).",
     ["outcome"],
 )
+TERMINAL_EVENTS = Counter(
+    "fraudscore_stream_terminal_events_total",
+    "Terminal events (forwarded transactions and labels) by kind and outcome: applied, "
+    "duplicate, late, ignored (a not-fraud label).",
+    ["kind", "outcome"],
+)
+APPLIED_ONLINE = Counter(
+    "fraudscore_stream_applied_online_total",
+    "Applied events whose resulting state is in the online store, by view (card, terminal); "
+    "behind the applied counters while a batch is being written.",
+    ["view"],
+)
 DLQ = Counter(
     "fraudscore_stream_dlq_total",
     # By field, not by reason text: reasons can embed values, fields are a closed set.

@@ -3,20 +3,25 @@
 A batch goes: raw bytes -> `parse_transaction` (a `ValidTransaction` or a `Rejected` for the
 DLQ) -> `fold_batch` over the cards' current states -> rows for the offline store and the final
 state per card for the online store. The faust agents only move bytes and call these functions.
+
+Terminal state has one writer per terminal, but transactions and labels arrive keyed by card, so
+each counted transaction and each label is forwarded as a `TerminalEvent` to an internal topic
+keyed by terminal_id, and `fold_terminal_batch` folds those into terminal states.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
 from services.common import events, features, offline_store
 from services.common.events import InvalidTransaction, ValidTransaction
-from services.common.features import CardState, Outcome
+from services.common.features import CardState, Outcome, TerminalState
 from services.proto.fraudscore.v1 import transaction_pb2
 
 #: `field` header value when the payload itself could not be decoded.
@@ -132,7 +137,12 @@ def fold_batch(
         changed = False
         for txn in card_txns:
             outcome = features.apply_transaction(
-                state, txn.transaction_id, txn.event_ms, txn.amount, allowed_lateness_ms
+                state,
+                txn.transaction_id,
+                txn.event_ms,
+                txn.amount,
+                allowed_lateness_ms,
+                txn.terminal_id,
             )
             result.outcomes[outcome] += 1
             if outcome is not Outcome.APPLIED:
@@ -186,15 +196,26 @@ class CachedCard:
     stamp_floor_us: int
 
 
-class StateCache:
-    """Card states this worker owns, so a busy card costs no Redis read per batch.
+@dataclass
+class CachedTerminal:
+    state: TerminalState | None
+    #: The online write must be stamped after this (epoch microseconds).
+    stamp_floor_us: int
 
-    Only correct while this worker owns the card's partition: `clear()` on every rebalance. The
+
+E = TypeVar("E", CachedCard, CachedTerminal)
+
+
+class StateCache(Generic[E]):
+    """States (of cards, or of terminals) this worker owns, so a busy key costs no Redis read
+    per batch.
+
+    Only correct while this worker owns the key's partition: `clear()` on every rebalance. The
     generation stops a batch that started before a rebalance from refilling the cleared cache.
     """
 
     def __init__(self, max_cards: int = 100_000) -> None:
-        self._cards: dict[str, CachedCard] = {}
+        self._cards: dict[str, E] = {}
         self.max_cards = max_cards
         self.generation = 0
 
@@ -205,9 +226,9 @@ class StateCache:
         self._cards.clear()
         self.generation += 1
 
-    def split(self, card_ids: Iterable[str]) -> tuple[dict[str, CachedCard], list[str]]:
+    def split(self, card_ids: Iterable[str]) -> tuple[dict[str, E], list[str]]:
         """(cached entries, ids to load from the store)."""
-        hits: dict[str, CachedCard] = {}
+        hits: dict[str, E] = {}
         misses: list[str] = []
         for card_id in card_ids:
             # pop + re-insert keeps the dict in least-recently-used order for eviction.
@@ -219,7 +240,7 @@ class StateCache:
                 hits[card_id] = entry
         return hits, misses
 
-    def update(self, entries: Mapping[str, CachedCard], generation: int) -> bool:
+    def update(self, entries: Mapping[str, E], generation: int) -> bool:
         """Store entries read or written under `generation`; False if a rebalance intervened."""
         if generation != self.generation:
             return False
@@ -229,3 +250,146 @@ class StateCache:
         while len(self._cards) > self.max_cards:
             del self._cards[next(iter(self._cards))]
         return True
+
+
+# --- Terminal events: the internal topic between the card-keyed agents and terminal state ----
+
+TerminalEventKind = Literal["transaction", "label"]
+
+
+@dataclass(frozen=True)
+class TerminalEvent:
+    """A counted transaction or a label, as the terminal agent needs it."""
+
+    kind: TerminalEventKind
+    transaction_id: str
+    terminal_id: str
+    #: The transaction's event time (for a label too: it picks the tile the fraud lands in).
+    transaction_ms: int
+    #: When the terminal state changes: the transaction's event time, or the label's reported
+    #: time (a label is known from then on, never earlier).
+    stamp_ms: int
+    is_fraud: bool = False
+
+    def order(self) -> tuple[int, int]:
+        """Time order; at the same millisecond transactions first, as the backfill does."""
+        return (self.stamp_ms, 0 if self.kind == "transaction" else 1)
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "transaction_id": self.transaction_id,
+                "terminal_id": self.terminal_id,
+                "transaction_ms": self.transaction_ms,
+                "stamp_ms": self.stamp_ms,
+                "is_fraud": self.is_fraud,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+def terminal_events_of_transactions(rows: Sequence[Mapping[str, Any]]) -> list[TerminalEvent]:
+    """One event per counted transaction (rows of `BatchResult.transaction_rows`)."""
+    return [
+        TerminalEvent(
+            "transaction",
+            str(row["transaction_id"]),
+            str(row["terminal_id"]),
+            int(row["event_ms"]),
+            int(row["event_ms"]),
+        )
+        for row in rows
+    ]
+
+
+def terminal_events_of_labels(rows: Sequence[Mapping[str, Any]]) -> list[TerminalEvent]:
+    """One event per label row (`parse_label`) naming a terminal; labels without one cannot
+    change any terminal."""
+    return [
+        TerminalEvent(
+            "label",
+            str(row["transaction_id"]),
+            str(row["terminal_id"]),
+            int(row["transaction_ms"]),
+            int(row["reported_at"]) // 1000,
+            bool(row["is_fraud"]),
+        )
+        for row in rows
+        if row["terminal_id"]
+    ]
+
+
+def parse_terminal_event(raw: bytes | None) -> TerminalEvent | Rejected:
+    """Decode one internal terminal event (written by this service, so a bad one is a bug)."""
+    if not raw:
+        return Rejected(PAYLOAD_FIELD, "empty message")
+    try:
+        data = json.loads(raw)
+        kind = data["kind"]
+        if kind not in ("transaction", "label"):
+            return Rejected("kind", f"unknown terminal event kind {str(kind)[:20]!r}")
+        event = TerminalEvent(
+            kind,
+            str(data["transaction_id"]),
+            str(data["terminal_id"]),
+            int(data["transaction_ms"]),
+            int(data["stamp_ms"]),
+            bool(data.get("is_fraud", False)),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        return Rejected(PAYLOAD_FIELD, f"undecodable terminal event: {type(exc).__name__}")
+    if not event.transaction_id or not event.terminal_id:
+        return Rejected("terminal_id", "transaction_id and terminal_id are required")
+    return event
+
+
+@dataclass
+class TerminalBatchResult:
+    """What one batch of terminal events changed."""
+
+    #: Final state of every terminal that had at least one APPLIED event.
+    states: dict[str, TerminalState] = field(default_factory=dict)
+    #: (terminal_id, stamp_ms, features.terminal_to_row(state after it)) per APPLIED event.
+    state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
+    outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+
+
+def fold_terminal_event(
+    state: TerminalState, event: TerminalEvent, allowed_lateness_ms: int
+) -> Outcome:
+    """Apply one event to a terminal state in place: the one place stream and backfill share."""
+    if event.kind == "transaction":
+        return features.apply_terminal_transaction(
+            state, event.transaction_id, event.transaction_ms, allowed_lateness_ms
+        )
+    return features.apply_terminal_label(
+        state, event.transaction_id, event.transaction_ms, event.is_fraud
+    )
+
+
+def fold_terminal_batch(
+    terminal_events: Sequence[TerminalEvent],
+    states: Mapping[str, TerminalState | None],
+    allowed_lateness_ms: int,
+) -> TerminalBatchResult:
+    """Apply a batch to copies of the terminals' states, per terminal in time order."""
+    grouped: dict[str, list[TerminalEvent]] = {}
+    for event in terminal_events:
+        grouped.setdefault(event.terminal_id, []).append(event)
+    result = TerminalBatchResult()
+    for terminal_id, events_of in grouped.items():
+        events_of.sort(key=TerminalEvent.order)
+        current = states.get(terminal_id)
+        state = current.copy() if current is not None else TerminalState()
+        changed = False
+        for event in events_of:
+            outcome = fold_terminal_event(state, event, allowed_lateness_ms)
+            result.outcomes[outcome] += 1
+            if outcome is not Outcome.APPLIED:
+                continue
+            changed = True
+            result.state_rows.append((terminal_id, event.stamp_ms, features.terminal_to_row(state)))
+        if changed:
+            result.states[terminal_id] = state
+    return result

@@ -1,4 +1,5 @@
-"""The stream's reads and writes: card states in Feast (online, Redis) and offline parquet parts.
+"""The stream's reads and writes: card and terminal states in Feast (online, Redis) and offline
+parquet parts.
 
 Every method blocks; the agents call them through `FeastSink.executor`, one thread, which keeps
 the event loop consuming and serializes use of the FeatureStore (not documented thread-safe).
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from services.common import feast_repo, features, offline_store
-from services.common.features import CardState
+from services.common.features import CardState, TerminalState
 from services.stream import metrics, processor
-from services.stream.processor import CachedCard
+from services.stream.processor import CachedCard, CachedTerminal
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -39,19 +40,56 @@ def push_frame(states: Mapping[str, CardState], stamps_us: Mapping[str, int]) ->
     return pd.DataFrame(rows, columns=columns)
 
 
+def terminal_push_frame(
+    states: Mapping[str, TerminalState], stamps_us: Mapping[str, int]
+) -> pd.DataFrame:
+    """One row per terminal for `store.push`."""
+    rows = [
+        {
+            feast_repo.TERMINAL_ENTITY_KEY: terminal_id,
+            feast_repo.TIMESTAMP: pd.Timestamp(stamps_us[terminal_id], unit="us", tz="UTC"),
+            **features.terminal_to_row(state),
+        }
+        for terminal_id, state in states.items()
+    ]
+    columns = [
+        feast_repo.TERMINAL_ENTITY_KEY,
+        feast_repo.TIMESTAMP,
+        *features.TERMINAL_STATE_COLUMNS,
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _stamp_floor(online: Mapping[str, list[Any]], column: str, i: int, present: bool) -> int:
+    # The store keeps whole seconds here: the next write must come after the next second.
+    ts_column = online.get(f"{column}{_TS_SUFFIX}")
+    seconds = int(ts_column[i]) if ts_column is not None and present else 0
+    return (seconds + 1) * 1_000_000 - 1 if seconds > 0 else 0
+
+
 def cached_from_online(
     card_ids: Sequence[str], online: Mapping[str, list[Any]]
 ) -> dict[str, CachedCard]:
     """`OnlineResponse.to_dict(include_event_timestamps=True)` -> one CachedCard per card."""
     out: dict[str, CachedCard] = {}
-    ts_column = online.get(f"last_event_ms{_TS_SUFFIX}")
     for i, card_id in enumerate(card_ids):
         row = {column: online[column][i] for column in features.STATE_COLUMNS}
         state = features.from_row(row)
-        # The store keeps whole seconds here: the next write must come after the next second.
-        seconds = int(ts_column[i]) if ts_column is not None and state is not None else 0
-        floor = (seconds + 1) * 1_000_000 - 1 if seconds > 0 else 0
+        floor = _stamp_floor(online, "last_event_ms", i, state is not None)
         out[card_id] = CachedCard(state=state, stamp_floor_us=floor)
+    return out
+
+
+def cached_terminals_from_online(
+    terminal_ids: Sequence[str], online: Mapping[str, list[Any]]
+) -> dict[str, CachedTerminal]:
+    """The terminal counterpart of `cached_from_online`."""
+    out: dict[str, CachedTerminal] = {}
+    for i, terminal_id in enumerate(terminal_ids):
+        row = {column: online[column][i] for column in features.TERMINAL_STATE_COLUMNS}
+        state = features.terminal_from_row(row)
+        floor = _stamp_floor(online, "t_last_event_ms", i, state is not None)
+        out[terminal_id] = CachedTerminal(state=state, stamp_floor_us=floor)
     return out
 
 
@@ -116,3 +154,45 @@ class FeastSink:
             self.repo_dir / offline_store.LABELS_DIR, processor.labels_table(rows)
         )
         metrics.WRITE_SECONDS.labels("labels").observe(time.perf_counter() - started)
+
+    def load_terminals(self, terminal_ids: Sequence[str]) -> dict[str, CachedTerminal]:
+        """The stored state of each terminal, in one online read."""
+        if not terminal_ids:
+            return {}
+        started = time.perf_counter()
+        response = self.store.get_online_features(
+            features=feast_repo.terminal_feature_refs(),
+            entity_rows=[{feast_repo.TERMINAL_ENTITY_KEY: t} for t in terminal_ids],
+        )
+        loaded = cached_terminals_from_online(
+            terminal_ids, response.to_dict(include_event_timestamps=True)
+        )
+        metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
+        return loaded
+
+    def write_terminal_offline(self, state_rows: list[tuple[str, int, dict[str, object]]]) -> None:
+        """Append the batch's terminal_state history as one part."""
+        if not state_rows:
+            return
+        started = time.perf_counter()
+        offline_store.write_part(
+            self.repo_dir / offline_store.TERMINAL_STATE_DIR,
+            offline_store.terminal_state_table(state_rows),
+        )
+        metrics.WRITE_SECONDS.labels("terminal_offline").observe(time.perf_counter() - started)
+
+    def push_terminals_online(
+        self, states: Mapping[str, TerminalState], stamps_us: Mapping[str, int]
+    ) -> None:
+        """One push for the whole batch of terminals."""
+        if not states:
+            return
+        from feast.data_source import PushMode
+
+        started = time.perf_counter()
+        self.store.push(
+            feast_repo.TERMINAL_PUSH_SOURCE,
+            terminal_push_frame(states, stamps_us),
+            to=PushMode.ONLINE,
+        )
+        metrics.WRITE_SECONDS.labels("terminal_online").observe(time.perf_counter() - started)

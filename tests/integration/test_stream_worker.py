@@ -210,6 +210,7 @@ def test_worker_folds_transactions_into_feast_and_dead_letters_the_malformed(
             txn.event_time.ToMilliseconds(),
             txn.amount_minor / 100,
             LATENESS_MS,
+            txn.terminal_id,
         )
         if outcome is Outcome.APPLIED:
             applied_ids.append(txn.transaction_id)
@@ -277,7 +278,7 @@ def test_worker_folds_transactions_into_feast_and_dead_letters_the_malformed(
             partition=partition,
         )
         state = CardState()
-        features.apply_transaction(state, txn.transaction_id, T0, 1.0, LATENESS_MS)
+        features.apply_transaction(state, txn.transaction_id, T0, 1.0, LATENESS_MS, txn.terminal_id)
         sentinels[card] = features.to_row(state)
     wait_online(store, sentinels, worker, timeout_s=60)
 

@@ -112,20 +112,38 @@ def backfilled(
 
 
 def plain_features(
-    txs: pd.DataFrame,
+    txs: pd.DataFrame, labels: pd.DataFrame
 ) -> tuple[dict[str, list[float]], dict[str, features.CardState]]:
-    """Per transaction id, the model input from a direct fold: no Feast, no parquet."""
+    """Per transaction id, the model input from a direct fold: no Feast, no parquet. Labels are
+    folded into terminal state at their reported time (after transactions of the same ms)."""
     states: dict[str, features.CardState] = {}
+    terminals: dict[str, features.TerminalState] = {}
     out: dict[str, list[float]] = {}
-    for tx in txs.sort_values("event_ms", kind="stable").itertuples():
-        amount = currency.to_major(int(tx.amount_minor), str(tx.currency))
-        state = states.get(tx.card_id)
-        out[tx.transaction_id] = features.feature_vector(
-            features.all_features(state.copy() if state else None, amount, int(tx.event_ms))
+    timeline = [(int(tx.event_ms), 0, tx) for tx in txs.itertuples()]
+    timeline += [(int(lb.reported_ms), 1, lb) for lb in labels.itertuples()]
+    for when, kind, item in sorted(timeline, key=lambda e: (e[0], e[1])):
+        terminal = terminals.setdefault(item.terminal_id, features.TerminalState())
+        if kind == 1:
+            features.apply_terminal_label(
+                terminal, item.transaction_id, int(item.transaction_ms), bool(item.is_fraud)
+            )
+            continue
+        amount = currency.to_major(int(item.amount_minor), str(item.currency))
+        state = states.get(item.card_id)
+        out[item.transaction_id] = features.feature_vector(
+            features.all_features(
+                state.copy() if state else None,
+                amount,
+                when,
+                terminal.copy() if terminal.last_event_ms or terminal.frauds else None,
+            )
         )
         if state is None:
-            state = states[tx.card_id] = features.CardState()
-        features.apply_transaction(state, tx.transaction_id, int(tx.event_ms), amount, LATENESS)
+            state = states[item.card_id] = features.CardState()
+        features.apply_transaction(
+            state, item.transaction_id, when, amount, LATENESS, item.terminal_id
+        )
+        features.apply_terminal_transaction(terminal, item.transaction_id, when, 3_600_000)
     return out, states
 
 
@@ -138,8 +156,9 @@ def test_backfill_counts_each_transaction_once_and_fills_the_online_store(
     assert stats.late == 0
     assert stats.labels == len(backfilled.labels)
     assert stats.online_cards == stats.cards == backfilled.transactions["card_id"].nunique()
+    assert stats.online_terminals == stats.terminals == 50
 
-    _, final = plain_features(backfilled.transactions)
+    _, final = plain_features(backfilled.transactions, backfilled.labels)
     card = "card-017"  # a JPY card
     store = feast_repo.open_store(backfilled.repo_dir)
     got = store.get_online_features(
@@ -162,7 +181,7 @@ def test_dataset_rows_match_a_plain_recomputation_of_every_feature(
     assert stats.rows == len(frame) == len(in_window)
     assert set(frame["transaction_id"]) == set(in_window["transaction_id"])
 
-    expected, _ = plain_features(txs)
+    expected, _ = plain_features(txs, backfilled.labels)
     got = frame[list(features.FEATURE_NAMES)].to_numpy()
     want = np.array([expected[t] for t in frame["transaction_id"]])
     same = np.isclose(got, want, rtol=0, atol=1e-9) | (np.isnan(got) & np.isnan(want))

@@ -1,4 +1,5 @@
-"""The fast point-in-time engine returns exactly what Feast's get_historical_features returns."""
+"""The fast point-in-time engine returns exactly what Feast's get_historical_features returns,
+for card state and for terminal state (with fraud labels arriving days after transactions)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,23 @@ from services.common.settings import FeastSettings, RedisSettings
 from training import backfill, dataset
 
 T0 = 1_767_225_600_000
+
+
+def _labels(txns: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A fraud label for every 20th transaction, reported 1 to 5 days later."""
+    rng = np.random.default_rng(seed)
+    frauds = txns.iloc[::20]
+    return pd.DataFrame(
+        {
+            "transaction_id": frauds["transaction_id"].to_numpy(),
+            "card_id": frauds["card_id"].to_numpy(),
+            "terminal_id": frauds["terminal_id"].to_numpy(),
+            "is_fraud": True,
+            "transaction_ms": frauds["event_ms"].to_numpy(),
+            "reported_ms": frauds["event_ms"].to_numpy()
+            + rng.integers(86_400_000, 5 * 86_400_000, len(frauds)),
+        }
+    )
 
 
 def _transactions(n: int, seed: int) -> pd.DataFrame:
@@ -42,7 +60,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_settings: RedisSettings
     # Two transactions at the same millisecond on one card, and one card seen only once.
     txns.loc[10, ["card_id", "event_ms"]] = [txns.loc[9, "card_id"], txns.loc[9, "event_ms"]]
     txns.loc[20, "card_id"] = "card-lonely"
-    backfill.backfill(repo_dir, txns.sort_values("event_ms"), None, online=False)
+    # A terminal seen once, so some rows have card state but no terminal state.
+    txns.loc[30, "terminal_id"] = "term-lonely"
+    txns = txns.sort_values("event_ms")
+    backfill.backfill(repo_dir, txns, _labels(txns, seed=12), online=False)
     return repo_dir
 
 
@@ -55,13 +76,25 @@ def test_asof_engine_matches_feast_for_every_transaction(repo: Path) -> None:
     assert set(by_asof.index) == set(by_feast.index)
     assert len(by_asof) < len(entities), "first transactions of a card have no state before them"
     mismatches = []
+    terminal_only = card_only = 0
     for tid in by_feast.index:
-        fa = features.from_row(by_feast.loc[tid].to_dict())
-        fb = features.from_row(by_asof.loc[tid].to_dict())
-        assert fa is not None and fb is not None
-        if features.to_row(fa) != features.to_row(fb):
+        fa, fb = by_feast.loc[tid].to_dict(), by_asof.loc[tid].to_dict()
+        ca, cb = features.from_row(fa), features.from_row(fb)
+        ta, tb = features.terminal_from_row(fa), features.terminal_from_row(fb)
+        terminal_only += ca is None
+        card_only += ta is None
+        same_card = (ca is None and cb is None) or (
+            ca is not None and cb is not None and features.to_row(ca) == features.to_row(cb)
+        )
+        same_terminal = (ta is None and tb is None) or (
+            ta is not None
+            and tb is not None
+            and features.terminal_to_row(ta) == features.terminal_to_row(tb)
+        )
+        if not (same_card and same_terminal):
             mismatches.append(tid)
     assert mismatches == []
+    assert terminal_only > 0 and card_only > 0, "both one-sided cases are covered"
 
 
 def test_datasets_from_both_engines_are_identical(repo: Path) -> None:
@@ -70,3 +103,5 @@ def test_datasets_from_both_engines_are_identical(repo: Path) -> None:
     slow, slow_stats = dataset.build_dataset(repo, cutoff, engine="feast")
     pd.testing.assert_frame_equal(fast.reset_index(drop=True), slow.reset_index(drop=True))
     assert fast_stats == slow_stats
+    assert fast_stats.positives > 0
+    assert fast["terminal_risk_30d"].max() > 0, "labels reach terminal risk"

@@ -104,3 +104,79 @@ def _nan_equal(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(
         (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
     )
+
+
+def test_every_window_has_count_sum_and_mean_finished_at_read_time() -> None:
+    state = CardState()
+    apply_transaction(state, "old", T0, 30.0, LATE)
+    apply_transaction(state, "week", T0 + 20 * 86_400_000, 10.0, LATE)
+    apply_transaction(state, "now", T0 + 26 * 86_400_000, 20.0, LATE)
+    feats = card_features(state, T0 + 26 * 86_400_000 + 5 * 60_000)
+    assert (feats["card_count_10m"], feats["card_amount_mean_10m"]) == (1, 20.0)
+    assert (feats["card_count_7d"], feats["card_amount_sum_7d"]) == (2, 30.0)
+    assert (feats["card_count_30d"], feats["card_amount_mean_30d"]) == (3, 20.0)
+    idle = card_features(state, T0 + 26 * 86_400_000 + 20 * 60_000)
+    assert idle["card_count_10m"] == 0
+    assert math.isnan(idle["card_amount_mean_10m"])
+
+
+def test_distinct_terminals_over_a_day_are_bounded_per_hour() -> None:
+    state = CardState()
+    for i in range(features.MAX_TERMINALS_PER_TILE + 5):
+        apply_transaction(state, f"a{i}", T0 + i, 1.0, LATE, terminal_id=f"t{i}")
+    apply_transaction(state, "again", T0 + 3600_000, 1.0, LATE, terminal_id="t0")
+    apply_transaction(state, "new", T0 + 3600_001, 1.0, LATE, terminal_id="fresh")
+    feats = card_features(state, T0 + 3600_002)
+    assert feats["card_distinct_terminals_24h"] == features.MAX_TERMINALS_PER_TILE + 1
+    assert card_features(state, T0 + 24 * 3600_000)["card_distinct_terminals_24h"] == 2
+    restored = features.from_row(features.to_row(state))
+    assert restored is not None and restored.terminals == state.terminals
+
+
+def test_amount_zscore_uses_the_30_day_mean_and_spread() -> None:
+    state = CardState()
+    assert math.isnan(features.amount_zscore(None, 10.0, T0))
+    apply_transaction(state, "a", T0, 10.0, LATE)
+    # One amount (or equal ones) has no spread: NaN, not 0 or infinity.
+    assert math.isnan(features.amount_zscore(state, 99.0, T0 + 1))
+    apply_transaction(state, "b", T0 + 1000, 30.0, LATE)
+    # mean 20, population standard deviation 10
+    assert features.amount_zscore(state, 50.0, T0 + 2000) == 3.0
+    assert math.isnan(features.amount_zscore(state, 50.0, T0 + 31 * 86_400_000))
+
+
+def test_terminal_risk_counts_frauds_from_when_their_labels_arrive() -> None:
+    state = features.TerminalState()
+    apply = features.apply_terminal_transaction
+    assert apply(state, "a", T0, LATE) is Outcome.APPLIED
+    assert apply(state, "b", T0 + 1000, LATE) is Outcome.APPLIED
+    assert apply(state, "b", T0 + 1000, LATE) is Outcome.DUPLICATE
+    before = features.terminal_features(state, T0 + 2000)
+    assert (before["terminal_count_1d"], before["terminal_risk_1d"]) == (2, 0.0)
+    assert features.apply_terminal_label(state, "a", T0, True) is Outcome.APPLIED
+    assert features.apply_terminal_label(state, "a", T0, True) is Outcome.DUPLICATE
+    assert features.apply_terminal_label(state, "b", T0 + 1000, False) is Outcome.IGNORED
+    after = features.terminal_features(state, T0 + 2000)
+    assert (after["terminal_count_1d"], after["terminal_risk_1d"]) == (2, 0.5)
+    # The fraud stays with its transaction's day: gone from the 1 d window after a day, still
+    # in the 7 d one.
+    later = features.terminal_features(state, T0 + 2 * 86_400_000)
+    assert later["terminal_count_1d"] == 0
+    assert math.isnan(later["terminal_risk_1d"])
+    assert later["terminal_risk_7d"] == 0.5
+    restored = features.terminal_from_row(features.terminal_to_row(state))
+    assert restored is not None
+    assert features.terminal_to_row(restored) == features.terminal_to_row(state)
+
+
+def test_label_for_a_transaction_older_than_every_window_is_late() -> None:
+    state = features.TerminalState()
+    features.apply_terminal_transaction(state, "now", T0 + 40 * 86_400_000, LATE)
+    assert features.apply_terminal_label(state, "ancient", T0, True) is Outcome.LATE
+    assert state.frauds == {}
+
+
+def test_feature_names_are_described_and_unique() -> None:
+    assert len(set(features.FEATURE_NAMES)) == len(features.FEATURE_NAMES)
+    assert set(features.FEATURE_DESCRIPTIONS) == set(features.FEATURE_NAMES)
+    assert not set(features.STATE_COLUMNS) & set(features.TERMINAL_STATE_COLUMNS)

@@ -70,6 +70,8 @@ def test_garbage_artifact_is_refused(tmp_path: Path) -> None:
 
 def test_reasons_are_the_three_largest_positive_contributions() -> None:
     contributions = [0.1, -2.0, 0.0, 0.7, 0.05, 0.3, -0.4, 0.2, 0.0]
+    # The rest of the features push nothing.
+    contributions += [0.0] * (len(NAMES) - len(contributions))
     reasons = top_reasons(NAMES, contributions)
     assert [r.code for r in reasons] == [NAMES[3], NAMES[5], NAMES[7]]
     assert [r.contribution for r in reasons] == [0.7, 0.3, 0.2]

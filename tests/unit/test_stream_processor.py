@@ -147,7 +147,7 @@ def test_rows_match_a_plain_fold_with_the_feature_logic() -> None:
     for txn in sorted(batch, key=lambda t: (t.card_id, t.event_ms)):
         state = expected_states.setdefault(txn.card_id, CardState())
         outcome = features.apply_transaction(
-            state, txn.transaction_id, txn.event_ms, txn.amount, LATENESS_MS
+            state, txn.transaction_id, txn.event_ms, txn.amount, LATENESS_MS, txn.terminal_id
         )
         if outcome is Outcome.APPLIED:
             expected_rows.append((txn.card_id, txn.event_ms, features.to_row(state)))
@@ -251,3 +251,51 @@ def test_cache_evicts_the_least_recently_used_card() -> None:
     hits, misses = cache.split(["a", "b", "c"])
     assert sorted(hits) == ["a", "c"]
     assert misses == ["b"]
+
+
+def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
+    txn_rows = [
+        {"transaction_id": "x1", "terminal_id": "m1", "event_ms": T0 + 5},
+        {"transaction_id": "x2", "terminal_id": "m1", "event_ms": T0 + 10},
+    ]
+    label_rows = [
+        {
+            "transaction_id": "x1",
+            "terminal_id": "m1",
+            "is_fraud": True,
+            "transaction_ms": T0 + 5,
+            "reported_at": (T0 + 10) * 1000,
+        },
+        {
+            "transaction_id": "x9",
+            "terminal_id": "",
+            "is_fraud": True,
+            "transaction_ms": T0,
+            "reported_at": T0 * 1000,
+        },
+    ]
+    sent = processor.terminal_events_of_labels(label_rows)
+    assert len(sent) == 1, "a label without a terminal changes no terminal"
+    sent += processor.terminal_events_of_transactions(txn_rows)
+    parsed = [processor.parse_terminal_event(e.encode()) for e in reversed(sent)]
+    assert sorted(parsed, key=processor.TerminalEvent.order) == sorted(
+        sent, key=processor.TerminalEvent.order
+    )
+    result = processor.fold_terminal_batch(
+        [e for e in parsed if isinstance(e, processor.TerminalEvent)], {}, LATENESS_MS
+    )
+    # The label (reported at x2's millisecond) comes after x2, stamped with its reported time.
+    assert [(stamp, row["t_d_fraud"]) for _, stamp, row in result.state_rows] == [
+        (T0 + 5, [0]),
+        (T0 + 10, [0]),
+        (T0 + 10, [1]),
+    ]
+    table = offline_store.terminal_state_table(result.state_rows)
+    assert table.schema == offline_store.TERMINAL_STATE_SCHEMA
+    stamps = [ts.value // 1000 for ts in table["event_timestamp"].to_pandas()]
+    assert stamps == [(T0 + 5) * 1000, (T0 + 10) * 1000, (T0 + 10) * 1000 + 1]
+
+
+def test_malformed_terminal_event_is_rejected() -> None:
+    assert isinstance(processor.parse_terminal_event(b"{"), Rejected)
+    assert isinstance(processor.parse_terminal_event(b'{"kind":"x"}'), Rejected)

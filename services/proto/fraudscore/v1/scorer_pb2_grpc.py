@@ -40,6 +40,11 @@ class FraudScorerStub:
                 request_serializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ScoreBatch = channel.unary_unary(
+                '/fraudscore.v1.FraudScorer/ScoreBatch',
+                request_serializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreBatchRequest.SerializeToString,
+                response_deserializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreBatchResponse.FromString,
+                _registered_method=True)
 
 
 class FraudScorerServicer:
@@ -54,6 +59,16 @@ class FraudScorerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreBatch(self, request, context):
+        """Scores up to 1,000 transactions with one feature read and one model call. All or nothing
+        on validation: more than 1,000 items, or any invalid item, is INVALID_ARGUMENT naming the
+        first culprit as `transactions[<index>].<field>` (also in the `fraudscore-invalid-field`
+        trailer). Otherwise every item is answered, in request order, like Score would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FraudScorerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +76,11 @@ def add_FraudScorerServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreRequest.FromString,
                     response_serializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ScoreBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreBatch,
+                    request_deserializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreBatchRequest.FromString,
+                    response_serializer=fraudscore_dot_v1_dot_scorer__pb2.ScoreBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +111,33 @@ class FraudScorer:
             '/fraudscore.v1.FraudScorer/Score',
             fraudscore_dot_v1_dot_scorer__pb2.ScoreRequest.SerializeToString,
             fraudscore_dot_v1_dot_scorer__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fraudscore.v1.FraudScorer/ScoreBatch',
+            fraudscore_dot_v1_dot_scorer__pb2.ScoreBatchRequest.SerializeToString,
+            fraudscore_dot_v1_dot_scorer__pb2.ScoreBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class FraudScorerStub:
     """Scores one transaction. Never fails because the feature store or model is unhealthy:
     the rule-based fallback answers instead (fallback_used = true).
     """
+    ScoreBatch: _grpc.UnaryUnaryMultiCallable[_scorer_pb2.ScoreBatchRequest, _scorer_pb2.ScoreBatchResponse]
+    """Scores up to 1,000 transactions with one feature read and one model call. All or nothing
+    on validation: more than 1,000 items, or any invalid item, is INVALID_ARGUMENT naming the
+    first culprit as `transactions[<index>].<field>` (also in the `fraudscore-invalid-field`
+    trailer). Otherwise every item is answered, in request order, like Score would.
+    """
 
 @_typing.type_check_only
 class FraudScorerAsyncStub(FraudScorerStub):
@@ -46,6 +52,12 @@ class FraudScorerAsyncStub(FraudScorerStub):
     Score: _aio.UnaryUnaryMultiCallable[_scorer_pb2.ScoreRequest, _scorer_pb2.ScoreResponse]  # type: ignore[assignment]
     """Scores one transaction. Never fails because the feature store or model is unhealthy:
     the rule-based fallback answers instead (fallback_used = true).
+    """
+    ScoreBatch: _aio.UnaryUnaryMultiCallable[_scorer_pb2.ScoreBatchRequest, _scorer_pb2.ScoreBatchResponse]  # type: ignore[assignment]
+    """Scores up to 1,000 transactions with one feature read and one model call. All or nothing
+    on validation: more than 1,000 items, or any invalid item, is INVALID_ARGUMENT naming the
+    first culprit as `transactions[<index>].<field>` (also in the `fraudscore-invalid-field`
+    trailer). Otherwise every item is answered, in request order, like Score would.
     """
 
 class FraudScorerServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +71,18 @@ class FraudScorerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scorer_pb2.ScoreResponse, _abc.Awaitable[_scorer_pb2.ScoreResponse]]:
         """Scores one transaction. Never fails because the feature store or model is unhealthy:
         the rule-based fallback answers instead (fallback_used = true).
+        """
+
+    @_abc_1.abstractmethod
+    def ScoreBatch(
+        self,
+        request: _scorer_pb2.ScoreBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scorer_pb2.ScoreBatchResponse, _abc.Awaitable[_scorer_pb2.ScoreBatchResponse]]:
+        """Scores up to 1,000 transactions with one feature read and one model call. All or nothing
+        on validation: more than 1,000 items, or any invalid item, is INVALID_ARGUMENT naming the
+        first culprit as `transactions[<index>].<field>` (also in the `fraudscore-invalid-field`
+        trailer). Otherwise every item is answered, in request order, like Score would.
         """
 
 def add_FraudScorerServicer_to_server(servicer: FraudScorerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Benchmarks: `fraudctl bench ...` drives real services and prints one JSON line of figures."""

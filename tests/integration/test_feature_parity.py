@@ -1,0 +1,249 @@
+"""Training/serving parity: what the scorer reads for a transaction just before the stream
+processes it is exactly what the training dataset holds for it.
+
+The real stream worker (a subprocess, over the real broker and Redis) folds simulated
+transactions and their fraud labels; before each transaction is produced, the scorer's real
+reader reads its card and terminal state from Redis and finishes the features. At the end the
+training dataset is built from the offline store and every row is compared: 0 mismatches.
+
+Feeding the worker one event at a time would take an hour, so events go in *layers*: an event's
+layer is one more than the layer of the previous event of its card and of its terminal (a label
+only has a terminal). Within a layer no card and no terminal repeats, so reading before the layer
+sees exactly the events before each transaction; between layers the test waits until the worker
+has written every event of the previous ones online.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.common import currency, feast_repo, features, kafka
+from services.common.settings import (
+    FeastSettings,
+    KafkaSettings,
+    RedisSettings,
+    StreamSettings,
+    to_env,
+)
+from services.scorer.online_features import FeastFeatureReader, read_features
+from services.simulator.generate import SimConfig, labels_for, simulate
+from services.simulator.producer import label_to_proto, to_proto
+from training import dataset
+
+pytestmark = pytest.mark.integration
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Simulated transactions fed through the worker (~6 days of a 300-card, 200-terminal world).
+#: Each layer costs ~1.5 s of consumer round trips (two hops: card agent, terminal agent), so
+#: 10,000 (~300 layers) would take 7-8 minutes on 2 cores; 2,500 (~80 layers) take ~2.
+N_TRANSACTIONS = 2_500
+
+
+@dataclass
+class Layer:
+    transactions: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+
+def layered(txns: pd.DataFrame, labels: pd.DataFrame) -> list[Layer]:
+    """Events in time order (labels at their reported time, after same-ms transactions), cut
+    into layers where no card and no terminal repeats and every event comes after its key's
+    previous events."""
+    timeline = [(int(ms), 0, i) for i, ms in enumerate(txns["event_ms"])]
+    timeline += [(int(ms), 1, i) for i, ms in enumerate(labels["reported_ms"])]
+    timeline.sort()
+    last_card: dict[str, int] = {}
+    last_terminal: dict[str, int] = {}
+    layers: list[Layer] = []
+    cards = txns["card_id"].to_numpy()
+    terminals = txns["terminal_id"].to_numpy()
+    label_terminals = labels["terminal_id"].to_numpy()
+    for _, kind, i in timeline:
+        if kind == 0:
+            card, terminal = cards[i], terminals[i]
+            depth = max(last_card.get(card, -1), last_terminal.get(terminal, -1)) + 1
+            last_card[card] = depth
+        else:
+            terminal = label_terminals[i]
+            depth = last_terminal.get(terminal, -1) + 1
+        last_terminal[terminal] = depth
+        while len(layers) <= depth:
+            layers.append(Layer())
+        (layers[depth].transactions if kind == 0 else layers[depth].labels).append(i)
+    return layers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def applied_online(port: int) -> dict[str, float] | None:
+    """The worker's `fraudscore_stream_applied_online_total` by view; None while it starts."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    out = {"card": 0.0, "terminal": 0.0}
+    for line in body.splitlines():
+        if line.startswith("fraudscore_stream_applied_online_total{"):
+            view = line.split('view="', 1)[1].split('"', 1)[0]
+            out[view] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.fixture()
+def parity_repo(tmp_path: Path, redis_settings: RedisSettings) -> tuple[FeastSettings, Path]:
+    """A repo of its own: the comparison needs offline data no other test writes into."""
+    settings = FeastSettings(
+        work_dir=tmp_path / "feature_repo", project=f"parity_{uuid.uuid4().hex[:10]}"
+    )
+    return settings, feast_repo.prepare_and_apply(settings, redis_settings)
+
+
+@pytest.fixture()
+def worker(
+    fresh_topics: KafkaSettings,
+    redis_settings: RedisSettings,
+    parity_repo: tuple[FeastSettings, Path],
+    tmp_path: Path,
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    feast_settings, repo_dir = parity_repo
+    port = free_port()
+    stream = StreamSettings(
+        app_id=f"parity-{uuid.uuid4().hex[:8]}",
+        data_dir=tmp_path / "stream-data",
+        web_port=0,
+        metrics_port=port,
+        # Small windows: the test waits for every layer, so latency is its running time.
+        batch_window_s=0.01,
+        setup_on_start=False,
+    )
+    kafka.ensure_topics(fresh_topics, [stream.terminal_topic(fresh_topics.transactions_topic)])
+    feast = feast_settings.model_copy(update={"work_dir": repo_dir})
+    env = {**os.environ, **to_env(fresh_topics, redis_settings, feast, stream)}
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.stream"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process, port, log_path
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_scorer_reads_exactly_what_training_gets_for_every_transaction(
+    worker: tuple[subprocess.Popen[bytes], int, Path],
+    fresh_topics: KafkaSettings,
+    parity_repo: tuple[FeastSettings, Path],
+) -> None:
+    process, port, log_path = worker
+    _, repo_dir = parity_repo
+    config = SimConfig(n_customers=300, n_terminals=200, n_days=24, seed=5)
+    simulated = simulate(config).sort_values(["event_ms", "transaction_id"], kind="stable")
+    txns = simulated.head(N_TRANSACTIONS).reset_index(drop=True)
+    assert len(txns) == N_TRANSACTIONS
+    last_ms = int(txns["event_ms"].max())
+    all_labels = labels_for(txns, seed=5, min_delay_days=0.5, max_delay_days=5.0)
+    # Only labels known while the transactions flow can change what a later one reads.
+    labels = all_labels[all_labels["reported_ms"] <= last_ms].reset_index(drop=True)
+    assert len(labels) > 20
+    layers = layered(txns, labels)
+
+    def tail() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    reader = FeastFeatureReader(feast_repo.open_store(repo_dir))
+    producer = kafka.make_producer(fresh_topics)
+    amounts = [
+        currency.to_major(int(m), str(c))
+        for m, c in zip(txns["amount_minor"], txns["currency"], strict=True)
+    ]
+    tx_rows = txns.to_dict("records")
+    label_rows = labels.to_dict("records")
+    served: dict[str, list[float]] = {}
+    sent_txns = sent_frauds = 0
+    started = time.monotonic()
+    for layer in layers:
+        # The scorer's view of each transaction, before the worker has seen it.
+        for i in layer.transactions:
+            row = tx_rows[i]
+            served[row["transaction_id"]] = features.feature_vector(
+                read_features(
+                    reader, row["card_id"], row["terminal_id"], amounts[i], int(row["event_ms"])
+                )
+            )
+        for i in layer.transactions:
+            row = tx_rows[i]
+            producer.produce(
+                fresh_topics.transactions_topic,
+                key=str(row["card_id"]).encode(),
+                value=to_proto(row).SerializeToString(),
+            )
+        for i in layer.labels:
+            row = label_rows[i]
+            producer.produce(
+                fresh_topics.labels_topic,
+                key=str(row["card_id"]).encode(),
+                value=label_to_proto(row).SerializeToString(),
+            )
+        assert producer.flush(15) == 0
+        sent_txns += len(layer.transactions)
+        sent_frauds += sum(bool(label_rows[i]["is_fraud"]) for i in layer.labels)
+        want = {"card": float(sent_txns), "terminal": float(sent_txns + sent_frauds)}
+        # The first layer also waits for the worker to start and join its group.
+        deadline = time.monotonic() + (120 if sent_txns == len(layer.transactions) else 60)
+        while applied_online(port) != want:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"worker stuck at {applied_online(port)}, want {want}\n{tail()}")
+            time.sleep(0.003)
+    streamed_s = time.monotonic() - started
+
+    frame, stats = dataset.build_dataset(repo_dir, cutoff_ms=last_ms + 1)
+    assert stats.rows == N_TRANSACTIONS
+    assert stats.duplicate_transactions == 0
+    names = list(features.FEATURE_NAMES)
+    trained = frame.set_index("transaction_id")[names]
+    mismatches = []
+    for tid, vector in served.items():
+        got = trained.loc[tid].to_numpy(np.float64)
+        want_row = np.asarray(vector, dtype=np.float64)
+        same = (got == want_row) | (np.isnan(got) & np.isnan(want_row))
+        if not same.all():
+            mismatches.append((tid, [n for n, ok in zip(names, same, strict=True) if not ok]))
+    assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:5]}"
+    # The comparison means something: the terminal features saw labels and many terminals.
+    assert trained["terminal_risk_30d"].max() > 0
+    assert (trained["card_distinct_terminals_24h"] > 1).any()
+    assert not math.isnan(trained["card_amount_zscore_30d"].max())
+    log.info("%s transactions in %s layers streamed in %.0fs", len(txns), len(layers), streamed_s)
