@@ -42,6 +42,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+async def accept(
+    kind: str,
+    batch: Sequence[EventT],
+    parse: Callable[[bytes | None], T | Rejected],
+    dead_letters: DeadLetters,
+) -> list[T]:
+    """Count a batch, parse every message, send the rejects to the DLQ; the valid ones."""
+    metrics.EVENTS.labels(kind).inc(len(batch))
+    metrics.BATCH_SIZE.labels(kind).observe(len(batch))
+    valid: list[T] = []
+    rejects: list[tuple[EventT, Rejected]] = []
+    for event in batch:
+        parsed = parse(event.message.value)
+        if isinstance(parsed, Rejected):
+            rejects.append((event, parsed))
+        else:
+            valid.append(parsed)
+    await dead_letters.send(rejects)
+    return valid
+
+
 class StoreCaller:
     """Runs blocking sink calls in the sink's thread, retrying failures with backoff."""
 
@@ -150,17 +171,9 @@ class TransactionHandler:
         self.forwarder = forwarder
 
     async def handle(self, batch: Sequence[EventT]) -> None:
-        metrics.EVENTS.labels("transaction").inc(len(batch))
-        metrics.BATCH_SIZE.labels("transaction").observe(len(batch))
-        valid: list[ValidTransaction] = []
-        rejects: list[tuple[EventT, Rejected]] = []
-        for event in batch:
-            parsed = processor.parse_transaction(event.message.value)
-            if isinstance(parsed, Rejected):
-                rejects.append((event, parsed))
-            else:
-                valid.append(parsed)
-        await self.dead_letters.send(rejects)
+        valid: list[ValidTransaction] = await accept(
+            "transaction", batch, processor.parse_transaction, self.dead_letters
+        )
         if valid:
             await self._apply(valid)
 
@@ -225,17 +238,9 @@ class LabelHandler:
         self.forwarder = forwarder
 
     async def handle(self, batch: Sequence[EventT]) -> None:
-        metrics.EVENTS.labels("label").inc(len(batch))
-        metrics.BATCH_SIZE.labels("label").observe(len(batch))
-        rows: list[dict[str, Any]] = []
-        rejects: list[tuple[EventT, Rejected]] = []
-        for event in batch:
-            parsed = processor.parse_label(event.message.value)
-            if isinstance(parsed, Rejected):
-                rejects.append((event, parsed))
-            else:
-                rows.append(parsed)
-        await self.dead_letters.send(rejects)
+        rows: list[dict[str, Any]] = await accept(
+            "label", batch, processor.parse_label, self.dead_letters
+        )
         if rows:
             # Redelivery can repeat a label row; readers keep one per transaction_id.
             await self.store.call("labels", self.store.sink.write_labels, rows)
@@ -259,17 +264,9 @@ class TerminalHandler:
         self.allowed_lateness_ms = allowed_lateness_ms
 
     async def handle(self, batch: Sequence[EventT]) -> None:
-        metrics.EVENTS.labels("terminal").inc(len(batch))
-        metrics.BATCH_SIZE.labels("terminal").observe(len(batch))
-        valid: list[TerminalEvent] = []
-        rejects: list[tuple[EventT, Rejected]] = []
-        for event in batch:
-            parsed = processor.parse_terminal_event(event.message.value)
-            if isinstance(parsed, Rejected):
-                rejects.append((event, parsed))
-            else:
-                valid.append(parsed)
-        await self.dead_letters.send(rejects)
+        valid: list[TerminalEvent] = await accept(
+            "terminal", batch, processor.parse_terminal_event, self.dead_letters
+        )
         if valid:
             await self._apply(valid)
 
