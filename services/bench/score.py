@@ -73,7 +73,6 @@ def run(
         return _figures(rps, duration_s, result, None, target=target)
 
     from services.common import feast_repo
-    from services.common.model_registry import ModelRegistry
 
     with tempfile.TemporaryDirectory(prefix="fraudscore-bench-") as tmp:
         root = Path(tmp)
@@ -91,16 +90,15 @@ def run(
             states = {card: s for card, s in states.items() if s.last_event_ms}
             log.info("pushing %s card states", len(states))
             world.push_states(store, states)
-            registry = ModelRegistry(root / "models")
-            record = registry.register(world.train_model_text(), world.model_metadata())
-            registry.promote(record.version, "bench")
+            models = root / "models"
+            world.promote_model(models, reason="bench")
             card_ids = list(states)
-            fast = _measure(store, registry.root, "redis", card_ids, rps, duration_s, warmup_s)
+            fast = _measure(store, models, "redis", card_ids, rps, duration_s, warmup_s)
             naive = None
             if baseline:
                 naive = _measure(
                     store,
-                    registry.root,
+                    models,
                     "feast",
                     card_ids,
                     rps,

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from services.common import feast_repo, features
 from services.common.features import CardState, apply_transaction
+from services.common.model_registry import ModelRegistry
 from services.proto.fraudscore.v1 import transaction_pb2
 
 #: 2026-01-01 02:00 UTC: a night hour, so is_night varies in the synthetic data.
@@ -60,6 +62,14 @@ def train_model_text(seed: int = 0, rows: int = 300) -> str:
 
 def model_metadata() -> dict[str, Any]:
     return {"feature_names": list(features.FEATURE_NAMES)}
+
+
+def promote_model(root: Path, seed: int = 0, reason: str = "") -> str:
+    """Register and promote a small model in the registry at `root`; its version."""
+    registry = ModelRegistry(root)
+    record = registry.register(train_model_text(seed), model_metadata())
+    registry.promote(record.version, reason)
+    return record.version
 
 
 def push_states(store: Any, states: Mapping[str, CardState]) -> None:

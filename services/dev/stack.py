@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,14 +59,37 @@ def check_redis(settings: RedisSettings) -> None:
         ) from exc
 
 
-def wait_serving(address: str, timeout_s: float, require_model: bool = True) -> None:
+def wait_serving(
+    address: str,
+    timeout_s: float,
+    require_model: bool = True,
+    alive: Callable[[], None] | None = None,
+) -> None:
     """Block until the scorer's health service says SERVING (or answers at all, without
-    `require_model`: with no model promoted yet it serves the fallback and reports NOT_SERVING)."""
+    `require_model`: with no model promoted yet it serves the fallback and reports NOT_SERVING).
+
+    `alive` raises if the scorer process is gone, so a crash is reported at once, not after
+    the whole timeout.
+    """
     deadline = time.monotonic() + timeout_s
+    host, _, port = address.rpartition(":")
+    # Connect only once the port is open: a channel refused early backs off for seconds.
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StackError(f"nothing listening on {address} after {timeout_s}s") from None
+            time.sleep(0.1)
     last: object = None
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if alive is not None:
+                alive()
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING or not require_model:
@@ -120,7 +145,7 @@ class LocalStack:
             self.scorer = self.scorer.model_copy(update={"address": f"127.0.0.1:{free_port()}"})
         self._spawn("scorer", [sys.executable, "-m", "services.scorer"])
         address = self.scorer.address.replace("[::]", "127.0.0.1")
-        wait_serving(address, wait_s, require_model)
+        wait_serving(address, wait_s, require_model, alive=self.check_alive)
         log.info("scorer serving on %s", address)
         return address
 

@@ -5,25 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import lightgbm as lgb
-import numpy as np
-import pandas as pd
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.bench import world
 from services.common import feast_repo, features
 from services.common.broker import free_port
-from services.common.model_registry import ModelRegistry
 from services.common.settings import RedisSettings
+from services.dev.stack import wait_serving
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc, transaction_pb2
 
 pytestmark = pytest.mark.integration
@@ -33,42 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def promoted_model(root: Path) -> str:
-    rng = np.random.default_rng(3)
-    frame = pd.DataFrame(rng.random((300, len(NAMES))), columns=NAMES)
-    frame["amount"] = rng.uniform(1, 2_000, 300)
-    params = {"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}
-    booster = lgb.train(params, lgb.Dataset(frame, label=(frame["amount"] > 1_000).astype(int)), 10)
-    registry = ModelRegistry(root)
-    record = registry.register(booster.model_to_string(), {"feature_names": NAMES})
-    registry.promote(record.version)
-    return record.version
+    return world.promote_model(root, seed=3)
 
 
-def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def scorer_alive(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def check() -> None:
         assert proc.poll() is None, "the scorer exited early"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"scorer not listening on {port} after {timeout_s}s")
 
-
-def wait_serving(channel: grpc.Channel, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the scorer exited early"
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("scorer never reported SERVING")
+    return check
 
 
 def test_module_entry_point_serves_exports_metrics_and_stops_on_sigterm(
@@ -100,10 +68,8 @@ def test_module_entry_point_serves_exports_metrics_and_stops_on_sigterm(
             stderr=subprocess.STDOUT,
         )
     try:
-        # Connect only once the port is open: a refused channel backs off for seconds.
-        wait_listening(proc, port, timeout_s=120)
+        wait_serving(f"127.0.0.1:{port}", 150, alive=scorer_alive(proc))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_serving(channel, proc, timeout_s=30)
             txn = transaction_pb2.Transaction(
                 transaction_id="t-cli",
                 card_id="card-cli",

@@ -6,30 +6,26 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import lightgbm as lgb
-import numpy as np
-import pandas as pd
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
+from services.bench import world
 from services.common import feast_repo, features, telemetry
 from services.common.broker import free_port
-from services.common.model_registry import ModelRegistry
 from services.common.settings import RedisSettings, ScorerSettings, TelemetrySettings
+from services.dev.stack import wait_serving
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc, transaction_pb2
 from services.scorer.online_features import FeastFeatureReader
 from services.scorer.server import create_server
@@ -41,43 +37,14 @@ NAMES = list(features.FEATURE_NAMES)
 
 
 def promoted_model(root: Path) -> str:
-    """A small real LightGBM champion in a registry at `root`; returns its version."""
-    rng = np.random.default_rng(5)
-    frame = pd.DataFrame(rng.random((300, len(NAMES))), columns=NAMES)
-    frame["amount"] = rng.uniform(1, 2_000, 300)
-    params = {"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}
-    booster = lgb.train(params, lgb.Dataset(frame, label=(frame["amount"] > 1_000).astype(int)), 10)
-    registry = ModelRegistry(root)
-    record = registry.register(booster.model_to_string(), {"feature_names": NAMES})
-    registry.promote(record.version)
-    return record.version
+    return world.promote_model(root, seed=3)
 
 
-def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def scorer_alive(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def check() -> None:
         assert proc.poll() is None, "the scorer exited early"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"scorer not listening on {port} after {timeout_s}s")
 
-
-def wait_serving(channel: grpc.Channel, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the scorer exited early"
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("scorer never reported SERVING")
+    return check
 
 
 @dataclass(frozen=True)
@@ -219,9 +186,8 @@ def test_fraudctl_serve_exports_score_span_with_feature_fetch_and_predict_childr
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_listening(proc, port, timeout_s=120)
+        wait_serving(f"127.0.0.1:{port}", 150, alive=scorer_alive(proc))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_serving(channel, proc, timeout_s=30)
             reply = scorer_pb2_grpc.FraudScorerStub(channel).Score(
                 scorer_pb2.ScoreRequest(transaction=transaction("t-trace", "card-trace")),
                 timeout=5,
