@@ -451,16 +451,14 @@ def to_row(state: CardState) -> dict[str, Any]:
     pairs = [(idx, tid) for idx, ids in sorted(state.terminals.items()) for tid in ids]
     row["h_term_idx"] = [idx for idx, _ in pairs]
     row["h_term_ids"] = [tid for _, tid in pairs]
-    recent = sorted(state.recent.items())
-    row["recent_ids"] = [tid for tid, _ in recent]
-    row["recent_ms"] = [ms for _, ms in recent]
+    row["recent_ids"], row["recent_ms"] = _id_times_to_columns(state.recent)
     return row
 
 
 def from_row(row: Mapping[str, Any]) -> CardState | None:
     """Inverse of `to_row`; None when the store has no state for the card."""
-    last = row.get("last_event_ms")
-    if last is None or (isinstance(last, float) and math.isnan(last)):
+    last: Any = row.get("last_event_ms")
+    if _absent(last):
         return None
     state = CardState(last_event_ms=int(last))
     for spec in TILE_SPECS:
@@ -474,9 +472,7 @@ def from_row(row: Mapping[str, Any]) -> CardState | None:
         }
     for idx, tid in zip(_seq(row.get("h_term_idx")), _seq(row.get("h_term_ids")), strict=True):
         state.terminals.setdefault(int(idx), []).append(str(tid))
-    ids = _seq(row.get("recent_ids"))
-    ms = _seq(row.get("recent_ms"))
-    state.recent = {str(t): int(m) for t, m in zip(ids, ms, strict=True)}
+    state.recent = _id_times_from_columns(row, "recent_ids", "recent_ms")
     return state
 
 
@@ -487,19 +483,15 @@ def terminal_to_row(state: TerminalState) -> dict[str, Any]:
         row[f"t_{spec.name}_idx"] = [idx for idx, _ in items]
         row[f"t_{spec.name}_cnt"] = [int(v[0]) for _, v in items]
         row[f"t_{spec.name}_fraud"] = [int(v[1]) for _, v in items]
-    recent = sorted(state.recent.items())
-    row["t_recent_ids"] = [tid for tid, _ in recent]
-    row["t_recent_ms"] = [ms for _, ms in recent]
-    frauds = sorted(state.frauds.items())
-    row["t_fraud_ids"] = [tid for tid, _ in frauds]
-    row["t_fraud_ms"] = [ms for _, ms in frauds]
+    row["t_recent_ids"], row["t_recent_ms"] = _id_times_to_columns(state.recent)
+    row["t_fraud_ids"], row["t_fraud_ms"] = _id_times_to_columns(state.frauds)
     return row
 
 
 def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:
     """Inverse of `terminal_to_row`; None when the store has no state for the terminal."""
-    last = row.get("t_last_event_ms")
-    if last is None or (isinstance(last, float) and math.isnan(last)):
+    last: Any = row.get("t_last_event_ms")
+    if _absent(last):
         return None
     state = TerminalState(last_event_ms=int(last))
     for spec in TERMINAL_TILE_SPECS:
@@ -509,18 +501,25 @@ def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:
         state.tiles[spec.name] = {
             int(i): [int(c), int(f)] for i, c, f in zip(idx, cnt, fraud, strict=True)
         }
-    ids = _seq(row.get("t_recent_ids"))
-    ms = _seq(row.get("t_recent_ms"))
-    state.recent = {str(t): int(m) for t, m in zip(ids, ms, strict=True)}
-    fids = _seq(row.get("t_fraud_ids"))
-    fms = _seq(row.get("t_fraud_ms"))
-    state.frauds = {str(t): int(m) for t, m in zip(fids, fms, strict=True)}
+    state.recent = _id_times_from_columns(row, "t_recent_ids", "t_recent_ms")
+    state.frauds = _id_times_from_columns(row, "t_fraud_ids", "t_fraud_ms")
     return state
 
 
+def _absent(value: Any) -> bool:
+    """A missing store value: None from Redis, NaN from a point-in-time join."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _seq(value: Any) -> Sequence[Any]:
-    if value is None:
-        return ()
-    if isinstance(value, float) and math.isnan(value):
-        return ()
-    return list(value)
+    return () if _absent(value) else list(value)
+
+
+def _id_times_to_columns(id_times: Mapping[str, int]) -> tuple[list[str], list[int]]:
+    """transaction_id -> ms as two parallel array columns (Feast has no map type)."""
+    items = sorted(id_times.items())
+    return [tid for tid, _ in items], [ms for _, ms in items]
+
+
+def _id_times_from_columns(row: Mapping[str, Any], ids: str, times: str) -> dict[str, int]:
+    return {str(t): int(m) for t, m in zip(_seq(row.get(ids)), _seq(row.get(times)), strict=True)}
