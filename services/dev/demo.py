@@ -20,8 +20,10 @@ from pathlib import Path
 
 import grpc
 import pandas as pd
+from confluent_kafka import Producer
 
 from services.common.broker import free_port
+from services.common.kafka import make_producer
 from services.common.settings import (
     FeastSettings,
     KafkaSettings,
@@ -32,6 +34,7 @@ from services.common.settings import (
 )
 from services.dev.stack import LocalStack, StackError
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc
+from services.simulator.producer import to_proto
 
 log = logging.getLogger("fraudscore.demo")
 
@@ -184,7 +187,7 @@ def _score_live(
 ) -> LiveStats:
     from services.simulator import generate
 
-    kafka_producer = producer_for(stack.kafka)
+    kafka_producer = make_producer(stack.kafka)
     stats = LiveStats()
     deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
     next_summary = time.monotonic() + options.summary_every_s
@@ -220,16 +223,14 @@ def _score_live(
     return stats
 
 
-def producer_for(settings: KafkaSettings):  # type: ignore[no-untyped-def]
-    from services.common.kafka import make_producer
-
-    return make_producer(settings)
-
-
-def _score_one(stub, row: pd.Series, stats: LiveStats, stack: LocalStack, kafka_producer) -> None:  # type: ignore[no-untyped-def]
-    from services.simulator import producer
-
-    txn = producer.to_proto(row)
+def _score_one(
+    stub: scorer_pb2_grpc.FraudScorerStub,
+    row: pd.Series,
+    stats: LiveStats,
+    stack: LocalStack,
+    kafka_producer: Producer,
+) -> None:
+    txn = to_proto(row)
     started = time.perf_counter()
     try:
         reply = stub.Score(scorer_pb2.ScoreRequest(transaction=txn), timeout=1.0)
