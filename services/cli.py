@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "services.scorer.cli",  # serve, model
     "training.cli",  # train
     "services.bench.cli",  # bench
+    "services.monitor.cli",  # monitor
+    "services.admin.cli",  # init
 )
 
 

@@ -2,14 +2,13 @@
 
 Each transaction is joined to its card's state and its terminal's state as of 1 ms before it
 (the states the scorer saw when it scored it; a terminal's fraud labels count from the time they
-were reported), and the model inputs are finished from them with `features.all_features`, the
-same function the scorer calls: one implementation, no skew.
+were reported), and the model inputs are finished from them by `finish.finish`: the scorer's
+`features.all_features` done columnar, proven equal value for value, so there is no skew.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,15 +18,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from services.common import feast_repo, features, offline_store
-from training import dask_tokens
+from training import dask_tokens, finish
 
 log = logging.getLogger(__name__)
 
 #: entity rows (card_id, terminal_id, event_timestamp, transaction_id, ...) -> transaction_id +
 #: STATE_COLUMNS + TERMINAL_STATE_COLUMNS, for the rows with any state (missing view: NaN).
 FetchStates = Callable[[pd.DataFrame], pd.DataFrame]
+
+#: entity rows -> (FEATURE_NAMES per row in their order, rows without any state, rows without
+#: card state, rows without terminal state): a point-in-time join and the finishing.
+FinishRows = Callable[[pd.DataFrame], tuple[np.ndarray, int, int, int]]
 
 ALL_STATE_COLUMNS: tuple[str, ...] = (*features.STATE_COLUMNS, *features.TERMINAL_STATE_COLUMNS)
 
@@ -62,12 +66,24 @@ def _ms(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def read_transactions(repo_dir: Path) -> pd.DataFrame:
-    table = offline_store.read(
-        repo_dir / offline_store.TRANSACTIONS_DIR, offline_store.TRANSACTIONS_SCHEMA
+    columns = ["transaction_id", "card_id", "terminal_id", "amount", "event_ms"]
+    parts = _read_columns(
+        repo_dir / offline_store.TRANSACTIONS_DIR, offline_store.TRANSACTIONS_SCHEMA, columns
     )
-    return table.select(
-        ["transaction_id", "card_id", "terminal_id", "amount", "event_ms"]
-    ).to_pandas()
+    if not parts:
+        return offline_store.TRANSACTIONS_SCHEMA.empty_table().select(columns).to_pandas()
+    return pa.concat_tables(parts).to_pandas()
+
+
+def read_event_ms(repo_dir: Path) -> pd.Series:
+    """The event times of the transaction log alone (choosing a window needs nothing else)."""
+    parts = _read_columns(
+        repo_dir / offline_store.TRANSACTIONS_DIR, offline_store.TRANSACTIONS_SCHEMA, ["event_ms"]
+    )
+    values = [p["event_ms"].to_numpy() for p in parts]
+    return pd.Series(
+        np.concatenate(values) if values else np.empty(0, np.int64), dtype=np.int64, name="event_ms"
+    )
 
 
 def read_labels(repo_dir: Path) -> pd.DataFrame:
@@ -108,46 +124,43 @@ def entity_rows(transactions: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _present(value: Any) -> Any:
-    """Feast and pandas mark missing values as None, NaN, NA or NaT; from_row wants None."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+def _state_table(rows: pd.DataFrame, schema: pa.Schema, columns: tuple[str, ...]) -> pa.Table:
+    """State columns of a joined frame as Arrow (None, NaN, NA and NaT cells become nulls)."""
+    return pa.table(
+        {c: pa.array(rows[c], type=schema.field(c).type, from_pandas=True) for c in columns}
+    )
 
 
 def finish_features(rows: pd.DataFrame) -> tuple[np.ndarray, int, int]:
     """FEATURE_NAMES for each row (state columns + amount + event_ms); also counts the rows
-    without card history and without terminal history."""
-    n = len(rows)
-    out = np.empty((n, len(features.FEATURE_NAMES)), dtype=np.float64)
-    card_names = features.STATE_COLUMNS
-    terminal_names = features.TERMINAL_STATE_COLUMNS
-    card_columns = [rows[c].to_numpy(dtype=object) for c in card_names]
-    terminal_columns = [rows[c].to_numpy(dtype=object) for c in terminal_names]
-    amounts = rows["amount"].to_numpy(np.float64)
-    events = rows["event_ms"].to_numpy(np.int64)
-    no_history = 0
-    no_terminal = 0
-    # A plain loop on purpose: the finishing must be the scorer's own code, row by row.
-    for i in range(n):
-        record = {
-            name: _present(col[i]) for name, col in zip(card_names, card_columns, strict=True)
-        }
-        state = features.from_row(record)
-        if state is None:
-            no_history += 1
-        terminal_record = {
-            name: _present(col[i])
-            for name, col in zip(terminal_names, terminal_columns, strict=True)
-        }
-        terminal = features.terminal_from_row(terminal_record)
-        if terminal is None:
-            no_terminal += 1
-        values = features.all_features(state, float(amounts[i]), int(events[i]), terminal)
-        out[i] = features.feature_vector(values)
-    return out, no_history, no_terminal
+    without card history and without terminal history.
+
+    `finish.finish` is `features.all_features` done columnar, proven equal value for value.
+    """
+    return finish.finish(
+        _state_table(rows, offline_store.CARD_STATE_SCHEMA, finish.CARD_COLUMNS),
+        _state_table(rows, offline_store.TERMINAL_STATE_SCHEMA, finish.TERMINAL_COLUMNS),
+        rows["amount"].to_numpy(np.float64),
+        rows["event_ms"].to_numpy(np.int64),
+    )
+
+
+def rows_from_states(fetch_states: FetchStates) -> FinishRows:
+    """Finishing over a join that returns the state columns themselves (Feast's, a test's)."""
+
+    def finish_rows(entities: pd.DataFrame) -> tuple[np.ndarray, int, int, int]:
+        state_columns = list(ALL_STATE_COLUMNS)
+        fetched = fetch_states(entities)
+        fetched = fetched[["transaction_id", *state_columns]].drop_duplicates(
+            "transaction_id", keep="last"
+        )
+        # Entity rows with no history at all come back empty; they are still transactions.
+        joined = entities.merge(fetched, on="transaction_id", how="left", indicator=True)
+        no_state = int((joined["_merge"] == "left_only").sum())
+        matrix, no_history, no_terminal = finish_features(joined.drop(columns="_merge"))
+        return matrix, no_state, no_history, no_terminal
+
+    return finish_rows
 
 
 def assemble(
@@ -159,6 +172,20 @@ def assemble(
     end_ms: int | None = None,
 ) -> tuple[pd.DataFrame, DatasetStats]:
     """The dataset from already-loaded logs; `fetch_states` does the point-in-time join."""
+    return assemble_rows(
+        transactions, labels, cutoff_ms, rows_from_states(fetch_states), start_ms, end_ms
+    )
+
+
+def assemble_rows(
+    transactions: pd.DataFrame,
+    labels: pd.DataFrame,
+    cutoff_ms: int,
+    finish_rows: FinishRows,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> tuple[pd.DataFrame, DatasetStats]:
+    """The dataset from already-loaded logs; `finish_rows` joins and finishes the features."""
     n_all = len(transactions)
     transactions = transactions.drop_duplicates("transaction_id", keep="first")
     duplicates = n_all - len(transactions)
@@ -168,25 +195,20 @@ def assemble(
     if end_ms is not None:
         in_window &= transactions["event_ms"] < end_ms
     picked = transactions[in_window].sort_values(["event_ms", "transaction_id"], kind="stable")
+    del transactions, in_window
     entities = entity_rows(picked)
+    del picked
 
-    state_columns = list(ALL_STATE_COLUMNS)
     if len(entities):
-        fetched = fetch_states(entities)
-        fetched = fetched[["transaction_id", *state_columns]].drop_duplicates(
-            "transaction_id", keep="last"
-        )
+        matrix, feast_dropped, no_history, no_terminal = finish_rows(entities)
     else:
-        fetched = pd.DataFrame(columns=["transaction_id", *state_columns])
-    # Entity rows with no history at all come back empty; they are still transactions to learn.
-    joined = entities.merge(fetched, on="transaction_id", how="left", indicator=True)
-    feast_dropped = int((joined["_merge"] == "left_only").sum())
-    joined = joined.drop(columns="_merge")
-
-    matrix, no_history, no_terminal = finish_features(joined)
-    frame = pd.DataFrame(matrix, columns=list(features.FEATURE_NAMES))
+        matrix = np.empty((0, len(features.FEATURE_NAMES)), dtype=np.float64)
+        feast_dropped = no_history = no_terminal = 0
+    frame = pd.DataFrame(matrix, columns=list(features.FEATURE_NAMES), copy=False)
+    del matrix
     for column in reversed(ID_COLUMNS):
-        frame.insert(0, column, joined[column].to_numpy())
+        frame.insert(0, column, entities[column].to_numpy())
+    del entities
     reported = fraud_reported_ms(labels, cutoff_ms)
     frame["label_reported_ms"] = frame["transaction_id"].map(reported).astype(np.float64)
     frame["label"] = frame["label_reported_ms"].notna().astype(np.int64)
@@ -242,71 +264,188 @@ def feast_fetch(repo_dir: Path) -> FetchStates:
     return fetch
 
 
-def _asof(
-    left: pd.DataFrame,
-    folder: Path,
-    schema: pa.Schema,
-    key: str,
-) -> pd.DataFrame:
-    """Per `key`, the latest state row of `folder` stamped at or before each entity timestamp."""
-    latest = left["event_timestamp"].max()
-    table = offline_store.read(folder, schema)
-    table = table.filter(
-        pc.and_(
-            pc.is_in(table[key], value_set=pa.array(left[key].unique())),
-            pc.less_equal(table["event_timestamp"], pa.scalar(latest, pa.timestamp("us", "UTC"))),
-        )
+def _part_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("part-*.parquet"))
+
+
+def _read_columns(folder: Path, schema: pa.Schema, columns: list[str]) -> list[pa.Table]:
+    """The parts of a dataset, in order, with only `columns` read."""
+    return [pq.read_table(f, columns=columns, schema=schema) for f in _part_files(folder)]
+
+
+def _asof_positions(
+    keys: pd.Series, stamps: pd.Series, folder: Path, schema: pa.Schema, key: str
+) -> np.ndarray:
+    """Per entity row, the row number (over the dataset's parts in order) of the latest state
+    row of its key stamped at or before its timestamp; -1 when there is none.
+
+    Only keys and timestamps are read here: the states themselves are read part by part later.
+    Keys become shared integer codes, which merge_asof groups by far faster than strings.
+    """
+    index = pa.concat_tables(_read_columns(folder, schema, [key, "event_timestamp"]))
+    n_left = len(keys)
+    both = pa.chunked_array(
+        [pa.array(keys.to_numpy(), type=pa.string()), *index[key].chunks], type=pa.string()
     )
-    states = table.to_pandas().rename(columns={"event_timestamp": "_state_ts"})
-    states["_state_ts"] = states["_state_ts"].astype("datetime64[us, UTC]")
+    codes = pc.dictionary_encode(both.combine_chunks()).indices
+    codes_np = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+    left = pd.DataFrame(
+        {
+            "_key": codes_np[:n_left],
+            "_ts": stamps.astype("datetime64[us, UTC]").to_numpy(np.int64),
+            "_row": np.arange(n_left, dtype=np.int64),
+        }
+    )
+    right = pd.DataFrame(
+        {
+            "_key": codes_np[n_left:],
+            "_state_ts": _ms_micros(index["event_timestamp"]),
+            "_pos": np.arange(len(index), dtype=np.int64),
+        }
+    )
+    del both, codes, codes_np, index
+    right = right[right["_state_ts"] <= left["_ts"].max()] if len(left) else right
     joined = pd.merge_asof(
-        left.sort_values("event_timestamp", kind="stable"),
-        states.sort_values("_state_ts", kind="stable"),
-        left_on="event_timestamp",
+        left.sort_values("_ts", kind="stable"),
+        right.sort_values("_state_ts", kind="stable"),
+        left_on="_ts",
         right_on="_state_ts",
-        by=key,
+        by="_key",
         direction="backward",
         allow_exact_matches=True,
     )
-    return joined.drop(columns="_state_ts")
+    positions = np.full(n_left, -1, dtype=np.int64)
+    positions[joined["_row"].to_numpy(np.int64)] = joined["_pos"].fillna(-1).to_numpy(np.int64)
+    return positions
 
 
-def asof_fetch(repo_dir: Path) -> FetchStates:
-    """The same point-in-time join as Feast's, over the same offline datasets, done with one
-    `merge_asof` per view: per card (per terminal), the latest state row stamped at or before
+def _ms_micros(column: pa.ChunkedArray) -> np.ndarray:
+    micros = pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)
+    return np.asarray(micros, dtype=np.int64)
+
+
+def _gather(
+    folder: Path,
+    schema: pa.Schema,
+    columns: tuple[str, ...],
+    positions: np.ndarray,
+    use: Callable[[pa.Table, np.ndarray], None],
+) -> None:
+    """Calls use(states, rows) per part file: the state rows `positions` point at in that part
+    (row-aligned with `rows`, the entity rows pointing there). One part in memory at a time."""
+    order = np.argsort(positions, kind="stable")
+    ordered = positions[order]
+    start = 0
+    for path in _part_files(folder):
+        size = pq.ParquetFile(path).metadata.num_rows
+        lo = np.searchsorted(ordered, start, "left")
+        hi = np.searchsorted(ordered, start + size, "left")
+        if hi > lo:
+            table = pq.read_table(path, columns=list(columns), schema=schema)
+            use(table.take(pa.array(ordered[lo:hi] - start)), order[lo:hi])
+        start += size
+
+
+def asof_rows(repo_dir: Path) -> FinishRows:
+    """The same point-in-time join as Feast's, over the same offline datasets, then finished
+    columnar (`finish`): per card (per terminal), the latest state row stamped at or before
     the entity timestamp.
 
     Feast's file offline store makes this join through dask and compares every entity row with
-    every earlier state row of its key (minutes for a few weeks of history); this is seconds.
-    `test_training_pit_engines` proves both return the same states.
+    every earlier state row of its key (minutes for a few weeks of history); this joins keys
+    and timestamps only, then reads the states one part file at a time, only the columns the
+    features use. `test_training_pit_engines` proves the datasets of both engines equal.
     """
+    card_dir = repo_dir / offline_store.CARD_STATE_DIR
+    terminal_dir = repo_dir / offline_store.TERMINAL_STATE_DIR
+
+    def finish_rows(entities: pd.DataFrame) -> tuple[np.ndarray, int, int, int]:
+        amounts = entities["amount"].to_numpy(np.float64)
+        events = entities["event_ms"].to_numpy(np.int64)
+        n = len(entities)
+        out = np.empty((n, len(features.FEATURE_NAMES)), dtype=np.float64)
+        finish.fill(out, slice(None), finish.transaction_columns(amounts, events))
+        card_schema = offline_store.CARD_STATE_SCHEMA
+        terminal_schema = offline_store.TERMINAL_STATE_SCHEMA
+        # Every row as if without history first; rows with a state are overwritten below.
+        finish.fill(
+            out,
+            slice(None),
+            finish.card_columns(
+                finish.null_states(card_schema, finish.CARD_COLUMNS, n), amounts, events
+            ),
+        )
+        finish.fill(
+            out,
+            slice(None),
+            finish.terminal_columns(
+                finish.null_states(terminal_schema, finish.TERMINAL_COLUMNS, n), events
+            ),
+        )
+        timestamps = entities["event_timestamp"]
+        cards = _asof_positions(entities["card_id"], timestamps, card_dir, card_schema, "card_id")
+        _gather(
+            card_dir,
+            card_schema,
+            finish.CARD_COLUMNS,
+            cards,
+            lambda states, rows: finish.fill(
+                out, rows, finish.card_columns(states, amounts[rows], events[rows])
+            ),
+        )
+        terminals = _asof_positions(
+            entities["terminal_id"], timestamps, terminal_dir, terminal_schema, "terminal_id"
+        )
+        _gather(
+            terminal_dir,
+            terminal_schema,
+            finish.TERMINAL_COLUMNS,
+            terminals,
+            lambda states, rows: finish.fill(
+                out, rows, finish.terminal_columns(states, events[rows])
+            ),
+        )
+        no_card, no_terminal = cards < 0, terminals < 0
+        return out, int((no_card & no_terminal).sum()), int(no_card.sum()), int(no_terminal.sum())
+
+    return finish_rows
+
+
+def asof_fetch(repo_dir: Path) -> FetchStates:
+    """`asof_rows`' join returning the state columns themselves, as Feast's does (to compare
+    the two joins state for state)."""
+
+    def view(entities: pd.DataFrame, rel: Path, schema: pa.Schema, key: str) -> pd.DataFrame:
+        positions = _asof_positions(
+            entities[key], entities["event_timestamp"], repo_dir / rel, schema, key
+        )
+        found = positions >= 0
+        states = offline_store.read(repo_dir / rel, schema).take(pa.array(positions[found]))
+        frame = states.drop_columns([key, "event_timestamp"]).to_pandas()
+        frame.insert(0, "transaction_id", entities["transaction_id"].to_numpy()[found])
+        return frame
 
     def fetch(entities: pd.DataFrame) -> pd.DataFrame:
-        left = entities[["card_id", "terminal_id", "event_timestamp", "transaction_id"]].copy()
-        left["event_timestamp"] = left["event_timestamp"].astype("datetime64[us, UTC]")
-        cards = _asof(
-            left,
-            repo_dir / offline_store.CARD_STATE_DIR,
-            offline_store.CARD_STATE_SCHEMA,
-            "card_id",
+        cards = view(
+            entities, offline_store.CARD_STATE_DIR, offline_store.CARD_STATE_SCHEMA, "card_id"
         )
-        terminals = _asof(
-            left[["terminal_id", "event_timestamp", "transaction_id"]],
-            repo_dir / offline_store.TERMINAL_STATE_DIR,
+        terminals = view(
+            entities,
+            offline_store.TERMINAL_STATE_DIR,
             offline_store.TERMINAL_STATE_SCHEMA,
             "terminal_id",
         )
-        joined = cards.merge(
-            terminals.drop(columns=["terminal_id", "event_timestamp"]),
-            on="transaction_id",
-            how="left",
-        )
+        joined = entities[["transaction_id"]].merge(cards, on="transaction_id", how="left")
+        joined = joined.merge(terminals, on="transaction_id", how="left")
         return _any_state(joined)
 
     return fetch
 
 
-PIT_ENGINES: dict[str, Callable[[Path], FetchStates]] = {"asof": asof_fetch, "feast": feast_fetch}
+PIT_ENGINES: dict[str, Callable[[Path], FinishRows]] = {
+    "asof": asof_rows,
+    "feast": lambda repo_dir: rows_from_states(feast_fetch(repo_dir)),
+}
 
 
 def build_dataset(
@@ -326,7 +465,7 @@ def build_dataset(
         end_ms = cutoff_ms + 1
     transactions = read_transactions(repo_dir)
     labels = read_labels(repo_dir)
-    frame, stats = assemble(
+    frame, stats = assemble_rows(
         transactions,
         labels,
         cutoff_ms,

@@ -8,6 +8,9 @@ ever replaced at the very end, after a challenger has been registered whole.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from services.common import feast_repo, features
-from services.common.model_registry import ModelRegistry
+from services.common.model_registry import ModelRecord, ModelRegistry
 from services.common.settings import FeastSettings, RedisSettings, TrainingSettings
-from training import dataset, evaluate, promote, split, train
+from services.monitor import reference
+from training import dask_train, dataset, evaluate, promote, report, split, train
 from training.train import TrainingError
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ class TrainingResult:
     champion_metrics: dict[str, float] | None
     window: split.SplitWindow
     metadata: dict[str, Any] = field(repr=False)
+    #: report.md in the version's registry folder.
+    report_path: Path | None = None
 
 
 def ensure_repo(
@@ -61,7 +67,7 @@ def run_training(
     """
     s = training_settings
     repo_dir = ensure_repo(feast_settings, redis_settings)
-    events = dataset.read_transactions(repo_dir)["event_ms"]
+    events = dataset.read_event_ms(repo_dir)
     if cutoff_ms is None:
         cutoff_ms = max(_now_ms(), int(events.max()) if len(events) else 0)
     events = events[events <= cutoff_ms]
@@ -86,6 +92,8 @@ def run_training(
         split.iso(window.test_end_ms),
         split.iso(cutoff_ms),
     )
+    started = time.perf_counter()
+    log.info("step 1/4: dataset (point-in-time join of the window's transactions)")
     data, stats = dataset.build_dataset(
         repo_dir,
         cutoff_ms,
@@ -103,7 +111,15 @@ def run_training(
             f"{int((test_labels == 0).sum())} genuine rows: both are needed to evaluate"
         )
 
-    trained = train.train_model(train_rows, s, window.validation_start_ms)
+    log.info(
+        "step 2/4: training on %s rows (%s frauds) after %.1f s",
+        len(train_rows),
+        int(train_rows["label"].sum()),
+        time.perf_counter() - started,
+    )
+    fit = dask_train.fit if s.engine == "dask" else train.train_model
+    trained = fit(train_rows, s, window.validation_start_ms)
+    log.info("step 3/4: evaluating on %s test rows", len(test_rows))
     scores = train.predict(trained.booster, test_rows)
     metrics = evaluate.evaluate(test_labels, scores, test_rows["card_id"], test_rows["event_ms"])
     log.info(
@@ -132,6 +148,7 @@ def run_training(
             "test_excluded_known_compromised": in_test_period - len(test_rows),
             "feast_dropped": stats.feast_dropped,
             "no_history": stats.no_history,
+            "no_terminal_history": stats.no_terminal_history,
             "duplicate_transactions": stats.duplicate_transactions,
         },
         "hyperparameters": {
@@ -148,8 +165,35 @@ def run_training(
         "code_version": promote.code_version(),
         "library_versions": promote.library_versions(),
         "created_at": datetime.now(UTC).isoformat(),
+        "report": report.REPORT_NAME,
+        "report_dir": str(s.report_dir) if s.report_dir is not None else None,
     }
-    record = promote.register_and_decide(registry, trained.model_text(), metadata, decision)
+    log.info("step 4/4: report and champion/challenger decision")
+    registry.root.mkdir(parents=True, exist_ok=True)
+    # Drawn before registering: a report that cannot be written fails the run with the
+    # registry untouched, and a registered version always has its report.
+    staging = Path(tempfile.mkdtemp(dir=registry.root, prefix=".report."))
+    # The monitor's drift baseline: the training window as this model saw it and scored it.
+    drift_reference = reference.build_reference(
+        train_rows.loc[:, list(features.FEATURE_NAMES)].reset_index(drop=True),
+        train.predict(trained.booster, train_rows),
+    )
+    try:
+        _write_report(staging, test_labels.to_numpy(), scores, metrics, trained, champion, metadata)
+
+        def attach(record: ModelRecord) -> None:
+            for name in (report.REPORT_NAME, *report.PLOTS):
+                os.replace(staging / name, record.directory / name)
+            reference.save(drift_reference, record.directory)
+            if s.report_dir is not None:
+                report.copy_report(record.directory, s.report_dir / record.version)
+
+        record = promote.register_and_decide(
+            registry, trained.model_text(), metadata, decision, attach=attach
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("run done in %.1f s; report %s", time.perf_counter() - started, record.directory)
     return TrainingResult(
         version=record.version,
         promoted=decision.promote,
@@ -159,4 +203,49 @@ def run_training(
         champion_metrics=champion.metrics if champion else None,
         window=window,
         metadata=record.metadata,
+        report_path=record.directory / report.REPORT_NAME,
+    )
+
+
+def _write_report(
+    directory: Path,
+    labels: Any,
+    scores: Any,
+    metrics: dict[str, float],
+    trained: train.TrainedModel,
+    champion: promote.ChampionScore | None,
+    metadata: dict[str, Any],
+) -> Path:
+    compared = None
+    problem = None
+    if champion is not None and champion.metrics is not None and champion.scores is not None:
+        compared = report.ScoredModel(
+            f"champion {champion.version}", champion.scores, champion.metrics
+        )
+    elif champion is not None:
+        problem = f"champion {champion.version} not comparable: {champion.problem}"
+    rows = metadata["rows"]
+    window = metadata["window"]
+    summary = {
+        "created": metadata["created_at"],
+        "training period": f"{window['train_start']} .. {window['train_end']}",
+        "test period": f"{window['test_start']} .. {window['test_end']}",
+        "labels as of": window["cutoff"],
+        "training rows (frauds)": f"{rows['train']} ({rows['train_positives']})",
+        "test rows (frauds)": f"{rows['test']} ({rows['test_positives']})",
+        "rows without card / terminal history": (
+            f"{rows['no_history']} / {rows['no_terminal_history']}"
+        ),
+        "feature service": metadata["feature_service"],
+        "boosting rounds": trained.best_iteration,
+        "code version": metadata["code_version"],
+    }
+    return report.write_report(
+        directory,
+        labels,
+        report.ScoredModel("challenger", scores, metrics),
+        trained.importance(),
+        champion=compared,
+        champion_problem=problem,
+        summary=summary,
     )

@@ -11,11 +11,13 @@ import importlib.metadata
 import logging
 import math
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pandas as pd
 
 from services.common import features
@@ -39,6 +41,8 @@ class ChampionScore:
     metrics: dict[str, float] | None
     #: Why the champion could not be scored, if it could not.
     problem: str | None = None
+    #: Its scores on the test rows (for the report's curves), when it could be scored.
+    scores: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def decide(
@@ -79,7 +83,7 @@ def score_champion(registry: ModelRegistry, test: pd.DataFrame) -> ChampionScore
         return ChampionScore(record.version, None, "its model's features differ from metadata")
     scores = train.predict(booster, test)
     metrics = evaluate.evaluate(test["label"], scores, test["card_id"], test["event_ms"])
-    return ChampionScore(record.version, metrics)
+    return ChampionScore(record.version, metrics, scores=scores)
 
 
 def code_version() -> str:
@@ -106,7 +110,7 @@ def code_version() -> str:
 
 def library_versions() -> dict[str, str]:
     out: dict[str, str] = {}
-    for name in ("lightgbm", "feast", "numpy", "pandas", "scikit-learn", "pyarrow"):
+    for name in ("lightgbm", "feast", "numpy", "pandas", "scikit-learn", "pyarrow", "matplotlib"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -130,10 +134,16 @@ def register_and_decide(
     model_text: str,
     metadata: dict[str, Any],
     decision: Decision,
+    attach: Callable[[ModelRecord], None] | None = None,
 ) -> ModelRecord:
-    """Register the challenger with its decision; promote it if the decision says so."""
+    """Register the challenger with its decision; promote it if the decision says so.
+
+    `attach` adds files to the new version folder (the report) before it can become champion.
+    """
     meta = json_safe({**metadata, "promoted": decision.promote, "decision": decision.reason})
     record = registry.register(model_text, meta)
+    if attach is not None:
+        attach(record)
     if decision.promote:
         registry.promote(record.version, reason=decision.reason)
         log.info("promoted %s: %s", record.version, decision.reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,34 @@ class TrainedModel:
 
     def model_text(self) -> str:
         return str(self.booster.model_to_string())
+
+    def importance(self) -> dict[str, float]:
+        """Total gain per feature over all trees."""
+        gains = self.booster.feature_importance(importance_type="gain")
+        names = self.booster.feature_name()
+        return {str(n): float(g) for n, g in zip(names, gains, strict=True)}
+
+
+def progress(every: int, what: str) -> Callable[[lgb.callback.CallbackEnv], None]:
+    """A LightGBM callback logging every `every` rounds (and the last) with its share done
+    and the validation metric, so a long fit shows it is moving."""
+
+    def log_round(env: lgb.callback.CallbackEnv) -> None:
+        done = env.iteration - env.begin_iteration + 1
+        total = env.end_iteration - env.begin_iteration
+        if every <= 0 or (done % every and done != total):
+            return
+        scores = "".join(
+            f", {data} {metric} {value:.4f}"
+            for data, metric, value, *_ in (env.evaluation_result_list or [])
+        )
+        log.info(
+            "%s: round %s of at most %s (%.0f%%)%s", what, done, total, 100 * done / total, scores
+        )
+
+    # After early stopping's own bookkeeping (order 30) has seen the round.
+    log_round.order = 40  # type: ignore[attr-defined]
+    return log_round
 
 
 def matrix(frame: pd.DataFrame) -> np.ndarray:
@@ -97,7 +126,10 @@ def train_model(
             num_boost_round=settings.num_boost_round,
             valid_sets=[valid],
             valid_names=["validation"],
-            callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
+            callbacks=[
+                lgb.early_stopping(settings.early_stopping_rounds, verbose=False),
+                progress(settings.progress_every, "early-stopping fit"),
+            ],
         )
         rounds = max(1, int(probe.best_iteration or settings.num_boost_round))
         early_stopped = True
@@ -106,7 +138,12 @@ def train_model(
         log.warning(
             "validation days lack fraud or genuine rows: no early stopping, %s rounds", rounds
         )
-    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=names), num_boost_round=rounds)
+    booster = lgb.train(
+        params,
+        lgb.Dataset(x, y, feature_name=names),
+        num_boost_round=rounds,
+        callbacks=[progress(settings.progress_every, "final fit")],
+    )
     return TrainedModel(
         booster=booster, best_iteration=rounds, params=params, early_stopped=early_stopped
     )

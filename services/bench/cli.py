@@ -10,7 +10,12 @@ import argparse
 import importlib
 
 #: Modules exposing `register(bench_subparsers)`; each sets `func=` on its parser.
-_BENCH_MODULES = ("services.bench.score_cli",)
+_BENCH_MODULES = (
+    "services.bench.score_cli",
+    "services.bench.quality_cli",
+    "services.bench.train_cli",
+    "services.bench.stream_cli",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -156,6 +156,11 @@ def _empty_tiles(specs: Sequence[TileSpec]) -> dict[str, dict[int, list[float]]]
     return {spec.name: {} for spec in specs}
 
 
+def _copy_lists(by_key: Mapping[int, list[Any]]) -> dict[int, list[Any]]:
+    # zip/map run in C: the stream copies every touched card's tiles once per batch.
+    return dict(zip(by_key, map(list, by_key.values()), strict=True))
+
+
 @dataclass
 class CardState:
     """Everything the stream keeps per card. Persisted as one Feast row (see `to_row`)."""
@@ -173,8 +178,8 @@ class CardState:
     def copy(self) -> CardState:
         return CardState(
             last_event_ms=self.last_event_ms,
-            tiles={name: {k: list(v) for k, v in t.items()} for name, t in self.tiles.items()},
-            terminals={k: list(v) for k, v in self.terminals.items()},
+            tiles={name: _copy_lists(t) for name, t in self.tiles.items()},
+            terminals=_copy_lists(self.terminals),
             recent=dict(self.recent),
         )
 
@@ -198,7 +203,7 @@ class TerminalState:
     def copy(self) -> TerminalState:
         return TerminalState(
             last_event_ms=self.last_event_ms,
-            tiles={name: {k: list(v) for k, v in t.items()} for name, t in self.tiles.items()},
+            tiles={name: _copy_lists(t) for name, t in self.tiles.items()},
             recent=dict(self.recent),
             frauds=dict(self.frauds),
         )
@@ -245,17 +250,26 @@ def _prune_tiles(
     for spec in specs:
         oldest = last_ms // spec.ms - spec.keep
         by_idx = tiles[spec.name]
-        for idx in [i for i in by_idx if i <= oldest]:
-            del by_idx[idx]
+        # Most events expire nothing: a min() in C is cheaper than scanning in Python.
+        if by_idx and min(by_idx) <= oldest:
+            for idx in [i for i in by_idx if i <= oldest]:
+                del by_idx[idx]
+
+
+def _expire_ids(id_times: dict[str, int], horizon: int) -> dict[str, int]:
+    """The ids at or after `horizon` (the same dict when none is older)."""
+    if id_times and min(id_times.values()) < horizon:
+        return {tid: ms for tid, ms in id_times.items() if ms >= horizon}
+    return id_times
 
 
 def _prune(state: CardState, allowed_lateness_ms: int) -> None:
-    horizon = state.last_event_ms - allowed_lateness_ms
-    state.recent = {tid: ms for tid, ms in state.recent.items() if ms >= horizon}
+    state.recent = _expire_ids(state.recent, state.last_event_ms - allowed_lateness_ms)
     _prune_tiles(state.tiles, TILE_SPECS, state.last_event_ms)
     oldest_hour = state.last_event_ms // HOUR.ms - HOUR.keep
-    for idx in [i for i in state.terminals if i <= oldest_hour]:
-        del state.terminals[idx]
+    if state.terminals and min(state.terminals) <= oldest_hour:
+        for idx in [i for i in state.terminals if i <= oldest_hour]:
+            del state.terminals[idx]
 
 
 def apply_terminal_transaction(
@@ -272,11 +286,11 @@ def apply_terminal_transaction(
     state.recent[transaction_id] = event_ms
     if event_ms > state.last_event_ms:
         state.last_event_ms = event_ms
-        horizon = event_ms - allowed_lateness_ms
-        state.recent = {tid: ms for tid, ms in state.recent.items() if ms >= horizon}
+        state.recent = _expire_ids(state.recent, event_ms - allowed_lateness_ms)
         _prune_tiles(state.tiles, TERMINAL_TILE_SPECS, event_ms)
+        # Kept: ms // DAY.ms > oldest_day, i.e. ms >= (oldest_day + 1) * DAY.ms.
         oldest_day = event_ms // DAY.ms - DAY.keep
-        state.frauds = {t: ms for t, ms in state.frauds.items() if ms // DAY.ms > oldest_day}
+        state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * DAY.ms)
     return Outcome.APPLIED
 
 
@@ -439,18 +453,44 @@ TERMINAL_STATE_COLUMNS: tuple[str, ...] = (
 )
 
 
+# to_row runs once per counted transaction (the offline history): its loops are map/zip in C.
+_CARD_COLUMN_NAMES = {
+    spec.name: tuple(f"{spec.name}_{part}" for part in ("idx", "cnt", "amt", "sq"))
+    for spec in TILE_SPECS
+}
+_TERMINAL_COLUMN_NAMES = {
+    spec.name: tuple(f"t_{spec.name}_{part}" for part in ("idx", "cnt", "fraud"))
+    for spec in TERMINAL_TILE_SPECS
+}
+
+
+def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list[Any]]:
+    """[indices, first values, second values, ...] of the tiles in index order."""
+    idx = sorted(tiles)
+    if not idx:
+        return [[] for _ in range(width + 1)]
+    values = list(map(tiles.__getitem__, idx))
+    return [idx, *(list(column) for column in zip(*values, strict=True))]
+
+
 def to_row(state: CardState) -> dict[str, Any]:
     row: dict[str, Any] = {"last_event_ms": state.last_event_ms}
     for spec in TILE_SPECS:
-        items = sorted(state.tiles[spec.name].items())
-        row[f"{spec.name}_idx"] = [idx for idx, _ in items]
-        row[f"{spec.name}_cnt"] = [int(v[0]) for _, v in items]
-        row[f"{spec.name}_amt"] = [float(v[1]) for _, v in items]
-        row[f"{spec.name}_sq"] = [float(v[2]) for _, v in items]
+        idx, cnt, amt, sq = _tile_columns(state.tiles[spec.name], 3)
+        k_idx, k_cnt, k_amt, k_sq = _CARD_COLUMN_NAMES[spec.name]
+        row[k_idx] = idx
+        row[k_cnt] = list(map(int, cnt))
+        row[k_amt] = list(map(float, amt))
+        row[k_sq] = list(map(float, sq))
     # Flattened (hour, terminal) pairs: Feast has no nested arrays.
-    pairs = [(idx, tid) for idx, ids in sorted(state.terminals.items()) for tid in ids]
-    row["h_term_idx"] = [idx for idx, _ in pairs]
-    row["h_term_ids"] = [tid for _, tid in pairs]
+    term_idx: list[int] = []
+    term_ids: list[str] = []
+    for hour in sorted(state.terminals):
+        ids = state.terminals[hour]
+        term_idx.extend([hour] * len(ids))
+        term_ids.extend(ids)
+    row["h_term_idx"] = term_idx
+    row["h_term_ids"] = term_ids
     row["recent_ids"], row["recent_ms"] = _id_times_to_columns(state.recent)
     return row
 
@@ -479,10 +519,11 @@ def from_row(row: Mapping[str, Any]) -> CardState | None:
 def terminal_to_row(state: TerminalState) -> dict[str, Any]:
     row: dict[str, Any] = {"t_last_event_ms": state.last_event_ms}
     for spec in TERMINAL_TILE_SPECS:
-        items = sorted(state.tiles[spec.name].items())
-        row[f"t_{spec.name}_idx"] = [idx for idx, _ in items]
-        row[f"t_{spec.name}_cnt"] = [int(v[0]) for _, v in items]
-        row[f"t_{spec.name}_fraud"] = [int(v[1]) for _, v in items]
+        idx, cnt, fraud = _tile_columns(state.tiles[spec.name], 2)
+        k_idx, k_cnt, k_fraud = _TERMINAL_COLUMN_NAMES[spec.name]
+        row[k_idx] = idx
+        row[k_cnt] = list(map(int, cnt))
+        row[k_fraud] = list(map(int, fraud))
     row["t_recent_ids"], row["t_recent_ms"] = _id_times_to_columns(state.recent)
     row["t_fraud_ids"], row["t_fraud_ms"] = _id_times_to_columns(state.frauds)
     return row
@@ -517,8 +558,9 @@ def _seq(value: Any) -> Sequence[Any]:
 
 def _id_times_to_columns(id_times: Mapping[str, int]) -> tuple[list[str], list[int]]:
     """transaction_id -> ms as two parallel array columns (Feast has no map type)."""
-    items = sorted(id_times.items())
-    return [tid for tid, _ in items], [ms for _, ms in items]
+    # Ids are unique: sorting them alone gives the order sorting (id, ms) pairs would.
+    ids = sorted(id_times)
+    return ids, list(map(id_times.__getitem__, ids))
 
 
 def _id_times_from_columns(row: Mapping[str, Any], ids: str, times: str) -> dict[str, int]:

@@ -8,17 +8,24 @@ import time
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from services.common.settings import KafkaSettings
+from services.common.settings import KafkaSettings, StreamSettings
 
 log = logging.getLogger(__name__)
 
 
-def all_topics(settings: KafkaSettings) -> list[str]:
+def all_topics(settings: KafkaSettings, stream: StreamSettings | None = None) -> list[str]:
+    """Every topic fraudscore uses, the stream's internal terminal-events topic included.
+
+    `stream` defaults to the environment's StreamSettings: the internal topic's name may be
+    overridden there and is derived from the transactions topic otherwise.
+    """
+    stream = stream if stream is not None else StreamSettings()
     return [
         settings.transactions_topic,
         settings.labels_topic,
         settings.dlq_topic,
         settings.scores_topic,
+        stream.terminal_topic(settings.transactions_topic),
     ]
 
 

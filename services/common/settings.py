@@ -1,7 +1,8 @@
 """Typed settings for every component, read from environment variables.
 
 Each section has its own prefix (``KAFKA_``, ``REDIS_``, ``FEAST_``, ``STREAM_``, ``SCORER_``,
-``TRAINING_``, ``OTEL_``), so one deployment's environment configures all services.
+``TRAINING_``, ``MONITOR_``, ``OTEL_``, ``LOG_``), so one deployment's environment
+configures all services.
 """
 
 from __future__ import annotations
@@ -171,7 +172,10 @@ class ScorerSettings(BaseSettings):
         "directly, one pipelined HMGET; the fast path) or 'feast' (get_online_features).",
     )
     redis_timeout_s: float = Field(
-        0.05, description="Socket and connect timeout of the direct Redis read (no retries)."
+        0.015,
+        description="Socket and connect timeout of the direct Redis read (no retries). While "
+        "3x this fits in a request's budget, the read runs on the gRPC thread itself (no "
+        "hand-off to the timeout pool), the socket timeouts bounding it.",
     )
     batch_max: int = Field(1000, description="Most transactions one ScoreBatch may carry.")
     batch_budget_ms: float = Field(
@@ -186,6 +190,18 @@ class ScorerSettings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="PEM private key of the certificate.")
     publish_queue_max: int = Field(
         100_000, description="Scores buffered for the `scores` topic; beyond it they are dropped."
+    )
+    shadow_model_version: str | None = Field(
+        None,
+        description="Optional shadow (challenger) model: a registry version, or 'latest' for "
+        "the newest registered version that is not the champion. Every model-scored request is "
+        "scored by it too, off the request path; its score goes to the `scores` topic "
+        "(shadow_score) and the log, never to the caller.",
+    )
+    shadow_queue_max: int = Field(
+        1000,
+        description="Model-scored requests waiting for the shadow model; beyond it they are "
+        "published without a shadow score (fraudscore_shadow_dropped_total).",
     )
 
 
@@ -220,6 +236,24 @@ class TrainingSettings(BaseSettings):
         None,
         description="Weight of fraud rows. Unset: sqrt(negatives/positives), which lifts rare "
         "fraud without inflating scores as much as full balancing (the scorer thresholds them).",
+    )
+    report_dir: Path | None = Field(
+        None,
+        description="Also copy each run's report (report.md + PNGs) to <report_dir>/<version>/; "
+        "it is always written into the model's registry version folder.",
+    )
+    progress_every: int = Field(
+        50, description="Log LightGBM progress every this many boosting rounds (0: never)."
+    )
+    engine: Literal["local", "dask"] = Field(
+        "local",
+        description="Where the model is fitted: 'local' (this process) or 'dask' (LightGBM's "
+        "Dask interface over a cluster's workers; no early stopping, num_boost_round rounds).",
+    )
+    dask_scheduler: str | None = Field(
+        None,
+        description="Dask scheduler address (e.g. tcp://scheduler:8786) for engine 'dask'; "
+        "unset: a LocalCluster of this machine's cores.",
     )
 
 
@@ -259,3 +293,39 @@ def to_env(*sections: BaseSettings) -> dict[str, str]:
                 value = "true" if value else "false"
             env[f"{prefix}{name}".upper()] = str(value)
     return env
+
+
+class MonitorSettings(BaseSettings):
+    """The model monitor: feature drift (PSI) and score distribution from the `scores` topic."""
+
+    model_config = _config("MONITOR_")
+
+    group_id: str = Field(
+        "fraudscore-monitor", description="Consumer group on the scores topic (one per monitor)."
+    )
+    model_dir: Path = Field(
+        Path(".fraudscore/models"),
+        description="The model registry folder; each version's reference.json is read from it.",
+    )
+    window_size: int = Field(
+        20_000, gt=0, description="Most recent score records the drift figures are computed over."
+    )
+    interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between recomputations of the drift gauges (and the report).",
+    )
+    min_records: int = Field(
+        500,
+        description="Model-scored records a version needs in the window before its PSI is "
+        "published: PSI over a handful of records is noise.",
+    )
+    metrics_port: int = Field(9466, description="Prometheus /metrics port; 0 disables it.")
+    idle_s: float = Field(
+        5.0,
+        description="With --once: the topic counts as drained after this long without a new "
+        "record (broker-reported end offsets are not trusted).",
+    )
+    join_timeout_s: float = Field(
+        60.0, description="With --once: give up if no partition is assigned within this time."
+    )

@@ -21,4 +21,12 @@ class ModelNotReady(ScorerError):
 
 
 class ModelLoadError(ScorerError):
-    """A model artifact was refused: unreadable, wrong features, or implausible predictions."""
+    """A model artifact was refused: unreadable, wrong features, or implausible predictions.
+
+    `reason` is a short, fixed code (a metric label): feature_mismatch, unreadable or
+    failed_sanity_check.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason

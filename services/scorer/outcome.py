@@ -42,6 +42,9 @@ class ScoreOutcome:
     #: The scored transaction's card token and event time, for the `scores` topic.
     card_id: str = field(default="", compare=False)
     event_ms: int = field(default=0, compare=False)
+    #: The shadow model's score of `features` and its version, for the `scores` topic only.
+    shadow_score: float | None = field(default=None, compare=False)
+    shadow_model_version: str = field(default="", compare=False)
 
     def to_record(self, scored_at_s: float | None = None) -> scorer_pb2.ScoreRecord:
         """The `scores` topic message. NaN features (e.g. no previous transaction) are left
@@ -62,6 +65,8 @@ class ScoreOutcome:
             reasons=[r.to_proto() for r in self.reasons],
             event_time=event_time,
             scored_at=scored_at,
+            shadow_score=self.shadow_score,
+            shadow_model_version=self.shadow_model_version,
         )
 
     def to_proto(self) -> scorer_pb2.ScoreResponse:

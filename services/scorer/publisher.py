@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -30,8 +31,13 @@ class ScorePublisher:
     """Non-blocking producer of ScoreRecord messages (Kafka key: card_id)."""
 
     def __init__(
-        self, settings: KafkaSettings, queue_max: int = 100_000, producer: Producer | None = None
+        self,
+        settings: KafkaSettings,
+        queue_max: int = 100_000,
+        producer: Producer | None = None,
+        on_dropped: Callable[[], None] | None = None,
     ) -> None:
+        """`on_dropped()` is called once per record given up on (e.g. a metric's `inc`)."""
         self.topic = settings.scores_topic
         self.producer = producer or Producer(
             {
@@ -49,6 +55,7 @@ class ScorePublisher:
         self.sent = 0
         self.dropped = 0
         self.failed = 0
+        self._on_dropped = on_dropped
         self._last_warning = 0.0
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="scores-publisher", daemon=True)
@@ -64,6 +71,7 @@ class ScorePublisher:
             )
         except BufferError:
             self.dropped += 1
+            self._count_drop()
             self._warn("scores queue full (broker down or slow?): %s scores dropped so far")
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
@@ -71,7 +79,12 @@ class ScorePublisher:
             self.sent += 1
         else:
             self.failed += 1
+            self._count_drop()
             self._warn("score records not delivered: %s so far (last: %s)", err)
+
+    def _count_drop(self) -> None:
+        if self._on_dropped is not None:
+            self._on_dropped()
 
     def _warn(self, message: str, *args: Any) -> None:
         now = time.monotonic()

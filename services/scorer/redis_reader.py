@@ -246,12 +246,11 @@ class RedisOnlineReader:
         """
         if not requests:
             return []
-        with self.client.pipeline(transaction=False) as pipe:
-            for view, entity in requests:
-                pipe.execute_command(
-                    "HMGET", self.redis_key(view, entity), *self.views[view].fields
-                )
-            replies = pipe.execute()
+        commands = [
+            ("HMGET", self.redis_key(view, entity), *self.views[view].fields)
+            for view, entity in requests
+        ]
+        replies = self._round_trip(commands)
         rows: list[Row] = []
         for (view, _), values in zip(requests, replies, strict=True):
             layout = self.views[view]
@@ -262,6 +261,32 @@ class RedisOnlineReader:
                 }
             )
         return rows
+
+    @property
+    def max_blocking_s(self) -> float:
+        """How long one `read_many` can block at worst: connecting, sending and receiving each
+        wait at most their socket timeout (no retries). Infinite without timeouts."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        connect, socket_timeout = kwargs.get("socket_connect_timeout"), kwargs.get("socket_timeout")
+        if connect is None or socket_timeout is None:
+            return float("inf")
+        return float(connect) + 2 * float(socket_timeout)
+
+    def _round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send all commands in one write and read their replies: a pipeline without redis-py's
+        Pipeline object (command stack, retries, instrumentation), which costs more CPU than
+        the round trip itself. A connection that failed mid-way is closed, never reused."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        pool.release(conn)
+        return replies
 
     def read(self, view: str, entities: Sequence[Any]) -> list[Row]:
         return self.read_many([(view, e) for e in entities])
@@ -289,6 +314,11 @@ class FastFeatureReader:
     @classmethod
     def from_store(cls, store: FeatureStore, timeout_s: float = 0.05) -> FastFeatureReader:
         return cls(RedisOnlineReader.from_store(store, timeout_s=timeout_s))
+
+    @property
+    def max_blocking_s(self) -> float:
+        """Worst-case blocking of any read: the scorer runs it inline when this fits its budget."""
+        return self.reader.max_blocking_s
 
     def read_state(self, card_id: str) -> CardState | None:
         return features.from_row(self.reader.read_many([(self.view, card_id)])[0])

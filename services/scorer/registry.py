@@ -3,6 +3,11 @@
 A newly promoted version that fails to load (unreadable, wrong features, implausible outputs)
 is refused and logged; the model already serving keeps serving. A refused version is not retried:
 versions are immutable, so it would fail again every poll.
+
+Refusals are also reported to refusal listeners (`version, reason`: the metric
+fraudscore_model_refused_total), and the alert listeners hear whether the newest promoted
+version is refused while an older model keeps serving (fraudscore_model_alert) after every
+poll that could change it.
 """
 
 from __future__ import annotations
@@ -11,14 +16,25 @@ import logging
 import threading
 from collections.abc import Callable
 
-from services.common.model_registry import ModelRecord, ModelRegistry
-from services.scorer.errors import ModelNotReady
+from services.common.model_registry import ModelRecord, ModelRegistry, RegistryError
+from services.scorer.errors import ModelLoadError, ModelNotReady
 from services.scorer.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ModelRecord], LoadedModel]
 Listener = Callable[[LoadedModel], None]
+RefusalListener = Callable[[str, str], None]
+AlertListener = Callable[[bool], None]
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """A fixed, low-cardinality code for why an artifact was refused (a metric label)."""
+    if isinstance(exc, ModelLoadError):
+        return exc.reason
+    if isinstance(exc, RegistryError):
+        return "registry_error"
+    return "loader_error"
 
 
 class ModelHolder:
@@ -30,6 +46,9 @@ class ModelHolder:
         self._current: LoadedModel | None = None
         self._refused: set[str] = set()
         self._listeners: list[Listener] = []
+        self._refusal_listeners: list[RefusalListener] = []
+        self._alert_listeners: list[AlertListener] = []
+        self._alert = False
         # Serializes refreshes (watcher vs. an explicit call); reads of _current need no lock.
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -55,6 +74,20 @@ class ModelHolder:
         if self._current is not None:
             listener(self._current)
 
+    @property
+    def alert(self) -> bool:
+        """True while the newest promoted version is refused and an older model serves."""
+        return self._alert
+
+    def add_refusal_listener(self, listener: RefusalListener) -> None:
+        """Call `listener(version, reason)` whenever a promoted version is refused."""
+        self._refusal_listeners.append(listener)
+
+    def add_alert_listener(self, listener: AlertListener) -> None:
+        """Call `listener(alert)` now and whenever `alert` may have changed."""
+        self._alert_listeners.append(listener)
+        listener(self._alert)
+
     def refresh(self) -> bool:
         """Load the champion if it changed; True when a new model now serves."""
         with self._refresh_lock:
@@ -63,32 +96,55 @@ class ModelHolder:
             except OSError as exc:
                 log.warning("cannot read the champion pointer: %s", exc)
                 return False
+            swapped = self._refresh(version)
             current = self._current
-            if version is None or version in self._refused:
-                return False
-            if current is not None and current.version == version:
-                return False
-            try:
-                model = self._loader(self.registry.get(version))
-            # ModelLoadError, RegistryError, or a loader bug: none may take the scorer down.
-            except Exception as exc:
-                self._refused.add(version)
-                log.error(
-                    "refused model %s, still serving %s: %s",
-                    version,
-                    current.version if current else "none",
-                    exc,
-                )
-                return False
-            self._current = model
-            log.info(
-                "now serving model %s (was %s)", version, current.version if current else "none"
+            alert = version is not None and version in self._refused and current is not None
+            self._set_alert(alert)
+        if swapped and current is not None:
+            for listener in self._listeners:
+                try:
+                    listener(current)
+                except Exception:
+                    log.exception("model listener failed")
+        return swapped
+
+    def _set_alert(self, alert: bool) -> None:
+        changed = alert != self._alert
+        self._alert = alert
+        if changed:
+            for listener in self._alert_listeners:
+                try:
+                    listener(alert)
+                except Exception:
+                    log.exception("model alert listener failed")
+
+    def _refresh(self, version: str | None) -> bool:
+        current = self._current
+        if version is None or version in self._refused:
+            return False
+        if current is not None and current.version == version:
+            return False
+        try:
+            model = self._loader(self.registry.get(version))
+        # ModelLoadError, RegistryError, or a loader bug: none may take the scorer down.
+        except Exception as exc:
+            self._refused.add(version)
+            reason = refusal_reason(exc)
+            log.error(
+                "refused model %s (%s), still serving %s: %s",
+                version,
+                reason,
+                current.version if current else "none",
+                exc,
             )
-        for listener in self._listeners:
-            try:
-                listener(model)
-            except Exception:
-                log.exception("model listener failed")
+            for on_refused in self._refusal_listeners:
+                try:
+                    on_refused(version, reason)
+                except Exception:
+                    log.exception("model refusal listener failed")
+            return False
+        self._current = model
+        log.info("now serving model %s (was %s)", version, current.version if current else "none")
         return True
 
     def start_watching(self, poll_s: float) -> None:

@@ -35,6 +35,7 @@ from services.scorer.model import LoadedModel
 from services.scorer.online_features import FeatureReader
 from services.scorer.registry import ModelHolder
 from services.scorer.servicer import FraudScorerServicer, ScoreHook
+from services.scorer.shadow import ShadowScorer, registry_loader
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,14 @@ class ScorerServer(grpc.Server):
         servicer: FraudScorerServicer,
         health_servicer: health.HealthServicer,
         owns_watcher: bool,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self._inner = inner
         self.servicer = servicer
         self.health = health_servicer
         self._owns_watcher = owns_watcher
+        #: The challenger scoring off the request path, when SCORER_SHADOW_MODEL_VERSION is set.
+        self.shadow = shadow
 
     @property
     def model_holder(self) -> ModelHolder:
@@ -96,6 +100,8 @@ class ScorerServer(grpc.Server):
         def release() -> None:
             done.wait()
             self.guarded.shutdown()
+            if self.shadow is not None:
+                self.shadow.close()
 
         threading.Thread(target=release, name="scorer-release", daemon=True).start()
         return done
@@ -140,12 +146,27 @@ def create_server(
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     holder.add_listener(on_model)
+    holder.add_refusal_listener(metrics.model_refused_once)
+    holder.add_alert_listener(metrics.set_model_alert)
     holder.refresh()
     if holder.current is None:
         log.warning(
             "no loadable champion in %s yet: NOT_SERVING, the rules answer meanwhile",
             holder.registry.root,
         )
+
+    shadow: ShadowScorer | None = None
+    if settings.shadow_model_version:
+        shadow = ShadowScorer(
+            registry_loader(holder.registry, settings.shadow_model_version),
+            on_scored,
+            settings.shadow_queue_max,
+            on_scored=metrics.shadow_scored.inc,
+            on_dropped=metrics.shadow_dropped.inc,
+        )
+        # "latest" means "not the champion": a promotion may change which version that is.
+        holder.add_listener(lambda _model: shadow.reload() if shadow is not None else None)
+        on_scored = shadow
 
     servicer = FraudScorerServicer(
         settings,
@@ -188,7 +209,10 @@ def create_server(
         "TLS" if credentials is not None else "plaintext",
         "bearer token required" if settings.auth_token is not None else "no auth",
     )
-    return ScorerServer(inner, servicer, health_servicer, owns_watcher=watch_registry), port
+    return (
+        ScorerServer(inner, servicer, health_servicer, owns_watcher=watch_registry, shadow=shadow),
+        port,
+    )
 
 
 def server_credentials(settings: ScorerSettings) -> grpc.ServerCredentials | None:
@@ -241,12 +265,16 @@ def serve(
         feast_repo.apply(repo_dir)
     reader = build_reader(settings, feast_repo.open_store(repo_dir))
     kafka_settings = kafka_settings or KafkaSettings()
+    metrics = ScorerMetrics()
     publisher: ScorePublisher | None = None
     if kafka_settings.bootstrap_servers:
-        publisher = ScorePublisher(kafka_settings, settings.publish_queue_max)
+        publisher = ScorePublisher(
+            kafka_settings,
+            settings.publish_queue_max,
+            on_dropped=metrics.score_records_dropped.inc,
+        )
         log.info("publishing scores to %s", kafka_settings.scores_topic)
 
-    metrics = ScorerMetrics()
     if settings.metrics_port > 0:
         start_http_server(settings.metrics_port, registry=metrics.registry)
         log.info("metrics on :%s/metrics", settings.metrics_port)

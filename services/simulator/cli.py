@@ -94,7 +94,11 @@ def _simulate(args: argparse.Namespace) -> int:
         labels_out = generate.write_parquet(labels, generate.labels_path(out))
         log.info("wrote %s and %s (%s labels)", out, labels_out, len(labels))
     if args.kafka:
+        from services.common import telemetry
+
         settings = KafkaSettings()
+        # With OTEL_EXPORTER_OTLP_ENDPOINT set, publishes are traced into the stream's spans.
+        telemetry.configure_tracing("fraudscore-simulator")
         try:
             kafka.ensure_topics(settings, [settings.transactions_topic, settings.labels_topic])
             sent = producer.produce_transactions(settings, df, rate=args.rate)
@@ -105,4 +109,6 @@ def _simulate(args: argparse.Namespace) -> int:
         except (RuntimeError, KafkaException) as exc:
             log.error("publishing failed: %s", exc)
             return 1
+        finally:
+            telemetry.shutdown_tracing()
     return 0

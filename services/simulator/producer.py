@@ -16,14 +16,18 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaError, Message, Producer
+from opentelemetry import trace
 
 from services.common.kafka import make_producer
 from services.common.settings import KafkaSettings
+from services.common.telemetry import KafkaHeaders, kafka_headers
 from services.proto.fraudscore.v1 import transaction_pb2
 
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_S = 60.0
+#: Messages per `simulator.publish` span (they share its trace context).
+PUBLISH_SPAN_MESSAGES = 500
 
 
 class Row(Protocol):
@@ -41,6 +45,7 @@ class ProducerLike(Protocol):
         value: bytes | None = ...,
         key: bytes | None = ...,
         on_delivery: Callable[[KafkaError | None, Message], None] | None = ...,
+        headers: KafkaHeaders | None = ...,
     ) -> None: ...
 
     def poll(self, timeout: float = ...) -> int: ...
@@ -160,17 +165,19 @@ def produce_transactions(
     df: pd.DataFrame,
     rate: float | None = None,
     producer: Producer | ProducerLike | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> int:
     """Publish every row of `df` to the transactions topic; returns the count delivered.
 
     `rate` throttles to that many events per second (None: as fast as the producer takes them).
-    Flushes before returning; raises DeliveryError if any message was not delivered.
+    Flushes before returning; raises DeliveryError if any message was not delivered. `tracer`
+    (default: the global provider's) traces the publishes; see `_PublishSpans`.
     """
     messages = (
         (values[1], _transaction(*values).SerializeToString())
         for values in _columns(df, _TRANSACTION_FIELDS)
     )
-    return _produce(settings, settings.transactions_topic, messages, rate, producer)
+    return _produce(settings, settings.transactions_topic, messages, rate, producer, tracer)
 
 
 def produce_labels(
@@ -210,35 +217,86 @@ class _Deliveries:
             )
 
 
+class _PublishSpans:
+    """One `simulator.publish` span per PUBLISH_SPAN_MESSAGES messages, whose context every
+    message of that group carries in its headers (W3C traceparent), so the stream's span for
+    them joins the same trace. A span per message would cost more than producing it. Without a
+    recording tracer (no OTLP endpoint) no span is kept and no header is added."""
+
+    def __init__(self, tracer: trace.Tracer | None, topic: str) -> None:
+        self.tracer = tracer if tracer is not None else trace.get_tracer("fraudscore.simulator")
+        self.topic = topic
+        self.span: trace.Span | None = None
+        self.count = 0
+        self.headers: KafkaHeaders = []
+
+    def next_headers(self) -> KafkaHeaders:
+        if self.span is None or self.count >= PUBLISH_SPAN_MESSAGES:
+            self.end()
+            span = self.tracer.start_span(
+                "simulator.publish",
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"messaging.destination.name": self.topic},
+            )
+            self.span = span
+            self.headers = (
+                kafka_headers(trace.set_span_in_context(span)) if span.is_recording() else []
+            )
+        self.count += 1
+        return self.headers
+
+    def end(self) -> None:
+        if self.span is not None:
+            self.span.set_attribute("messaging.batch.message_count", self.count)
+            self.span.end()
+        self.span = None
+        self.count = 0
+
+
 def _produce(
     settings: KafkaSettings,
     topic: str,
     messages: Iterable[tuple[str, bytes]],
     rate: float | None,
     producer: Producer | ProducerLike | None,
+    tracer: trace.Tracer | None = None,
 ) -> int:
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive (or None for unthrottled)")
     client: Producer | ProducerLike = producer if producer is not None else make_producer(settings)
     deliveries = _Deliveries()
+    spans = _PublishSpans(tracer, topic)
     started = time.monotonic()
     sent = 0
-    for key, value in messages:
-        if rate is not None:
-            # Paced against the start, not the previous send, so sleep overshoot never accumulates.
-            ahead = started + sent / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        while True:
-            try:
-                client.produce(topic, value=value, key=key.encode(), on_delivery=deliveries)
-                break
-            except BufferError:
-                # The local queue is full: let librdkafka drain it, then retry this message.
-                client.poll(0.1)
-        sent += 1
-        client.poll(0)
-        deliveries.check()
+    try:
+        for key, value in messages:
+            if rate is not None:
+                # Paced against the start, not the previous send: sleep overshoot never adds up.
+                ahead = started + sent / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            headers = spans.next_headers()
+            while True:
+                try:
+                    if headers:
+                        client.produce(
+                            topic,
+                            value=value,
+                            key=key.encode(),
+                            on_delivery=deliveries,
+                            headers=headers,
+                        )
+                    else:
+                        client.produce(topic, value=value, key=key.encode(), on_delivery=deliveries)
+                    break
+                except BufferError:
+                    # The local queue is full: let librdkafka drain it, then retry this message.
+                    client.poll(0.1)
+            sent += 1
+            client.poll(0)
+            deliveries.check()
+    finally:
+        spans.end()
     remaining = client.flush(FLUSH_TIMEOUT_S)
     deliveries.check()
     if remaining:

@@ -27,7 +27,7 @@ from faust.types import AppT, EventT, TopicT
 
 from services.common.events import ValidTransaction
 from services.common.features import Outcome
-from services.stream import metrics, processor
+from services.stream import metrics, processor, tracing
 from services.stream.processor import (
     CachedCard,
     CachedTerminal,
@@ -117,15 +117,32 @@ class DeadLetters:
 
 
 class TerminalForwarder:
-    """Sends terminal events to the internal topic, keyed by terminal, and waits for the acks."""
+    """Sends terminal events to the internal topic and waits for the acks.
 
-    def __init__(self, topic: TopicT) -> None:
+    One message per destination partition per batch, each a JSON array of events: the partition
+    is the one Kafka's default partitioner gives the terminal id (so each terminal still has one
+    partition and one writer), and a batch costs a handful of sends instead of one per event.
+    """
+
+    def __init__(self, topic: TopicT, partitions: int) -> None:
         self.topic = topic
+        self.partitions = partitions
 
     async def send(self, terminal_events: Sequence[TerminalEvent]) -> None:
+        by_partition: dict[int, list[TerminalEvent]] = {}
+        for event in terminal_events:
+            partition = processor.terminal_partition(event.terminal_id, self.partitions)
+            by_partition.setdefault(partition, []).append(event)
+        headers = tracing.forward_headers()
         pending = [
-            await self.topic.send(key=event.terminal_id.encode(), value=event.encode())
-            for event in terminal_events
+            await self.topic.send(
+                # The key only labels the message; the partition is set explicitly.
+                key=events_of[0].terminal_id.encode(),
+                value=processor.encode_terminal_events(events_of),
+                partition=partition,
+                headers=headers,
+            )
+            for partition, events_of in by_partition.items()
         ]
         # Acked before the batch is acked (and before the online push), so none can be lost.
         if pending:
@@ -171,11 +188,14 @@ class TransactionHandler:
         self.forwarder = forwarder
 
     async def handle(self, batch: Sequence[EventT]) -> None:
-        valid: list[ValidTransaction] = await accept(
-            "transaction", batch, processor.parse_transaction, self.dead_letters
-        )
-        if valid:
-            await self._apply(valid)
+        with tracing.batch_span("stream.transactions", batch) as span:
+            valid: list[ValidTransaction] = await accept(
+                "transaction", batch, processor.parse_transaction, self.dead_letters
+            )
+            if valid:
+                await self._apply(valid)
+            if span is not None:
+                span.set_attribute("fraudscore.valid", len(valid))
 
     async def _apply(self, valid: list[ValidTransaction]) -> None:
         generation = self.cache.generation
@@ -203,7 +223,9 @@ class TransactionHandler:
             await self.forwarder.send(
                 processor.terminal_events_of_transactions(result.transaction_rows)
             )
-        await self.store.call("online", sink.push_online, result.states, stamps)
+        await self.store.call(
+            "online", sink.push_online, result.states, stamps, result.final_rows()
+        )
         metrics.APPLIED_ONLINE.labels("card").inc(len(result.state_rows))
         # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
         updated = dict(cards)
@@ -238,6 +260,10 @@ class LabelHandler:
         self.forwarder = forwarder
 
     async def handle(self, batch: Sequence[EventT]) -> None:
+        with tracing.batch_span("stream.labels", batch):
+            await self._handle(batch)
+
+    async def _handle(self, batch: Sequence[EventT]) -> None:
         rows: list[dict[str, Any]] = await accept(
             "label", batch, processor.parse_label, self.dead_letters
         )
@@ -264,11 +290,13 @@ class TerminalHandler:
         self.allowed_lateness_ms = allowed_lateness_ms
 
     async def handle(self, batch: Sequence[EventT]) -> None:
-        valid: list[TerminalEvent] = await accept(
-            "terminal", batch, processor.parse_terminal_event, self.dead_letters
-        )
-        if valid:
-            await self._apply(valid)
+        with tracing.batch_span("stream.terminals", batch):
+            messages: list[list[TerminalEvent]] = await accept(
+                "terminal", batch, processor.parse_terminal_events, self.dead_letters
+            )
+            valid = [event for events_of in messages for event in events_of]
+            if valid:
+                await self._apply(valid)
 
     async def _apply(self, valid: list[TerminalEvent]) -> None:
         generation = self.cache.generation
@@ -290,7 +318,13 @@ class TerminalHandler:
             for terminal_id in result.states
         }
         await self.store.call("terminal_offline", sink.write_terminal_offline, result.state_rows)
-        await self.store.call("terminal_online", sink.push_terminals_online, result.states, stamps)
+        await self.store.call(
+            "terminal_online",
+            sink.push_terminals_online,
+            result.states,
+            stamps,
+            result.final_rows(),
+        )
         metrics.APPLIED_ONLINE.labels("terminal").inc(len(result.state_rows))
         updated = dict(terminals)
         updated.update(
@@ -301,6 +335,30 @@ class TerminalHandler:
         )
         if not self.cache.update(updated, generation):
             log.info("rebalance during a batch: its terminal states are not cached")
+
+
+class LagTracker:
+    """Sets `metrics.CONSUMER_LAG` from the consumer's own fetch high watermarks."""
+
+    def __init__(self, highwater: Callable[[Any], int | None]) -> None:
+        self.highwater = highwater
+
+    def observe(self, batch: Sequence[EventT]) -> None:
+        newest: dict[Any, int] = {}
+        for event in batch:
+            tp = event.message.tp
+            offset = event.message.offset
+            if offset > newest.get(tp, -1):
+                newest[tp] = offset
+        for tp, offset in newest.items():
+            try:
+                highwater = self.highwater(tp)
+            except Exception:  # the consumer may be mid-rebalance; next batch updates it
+                continue
+            if highwater is None:
+                continue
+            lag = max(0, int(highwater) - (offset + 1))
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 def attach(
@@ -318,16 +376,19 @@ def attach(
     terminal_handler: TerminalHandler | None = None,
 ) -> None:
     """Register the agents and the rebalance hook on `app`."""
+    lag = LagTracker(lambda tp: app.consumer.highwater(tp))
 
     @app.agent(transactions, name="transactions")
     async def transactions_agent(stream: Any) -> None:
         async for batch in stream.take_events(batch_size, within=batch_window_s):
             await until_done("transaction", transaction_handler.handle, batch, retry_max_s)
+            lag.observe(batch)
 
     @app.agent(labels, name="labels")
     async def labels_agent(stream: Any) -> None:
         async for batch in stream.take_events(batch_size, within=batch_window_s):
             await until_done("label", label_handler.handle, batch, retry_max_s)
+            lag.observe(batch)
 
     caches: list[StateCache[CachedCard] | StateCache[CachedTerminal]] = [cache]
     if terminal_events is not None and terminal_handler is not None:
@@ -338,6 +399,7 @@ def attach(
         async def terminals_agent(stream: Any) -> None:
             async for batch in stream.take_events(batch_size, within=batch_window_s):
                 await until_done("terminal", handler.handle, batch, retry_max_s)
+                lag.observe(batch)
 
     # Another worker may own a revoked partition's keys now: its cached states would go stale.
     # Keys do not map to partitions here, so the whole caches go, on revoke and on assign.

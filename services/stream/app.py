@@ -8,7 +8,7 @@ from pathlib import Path
 
 import faust
 
-from services.common import feast_repo, kafka
+from services.common import feast_repo, kafka, telemetry
 from services.common.settings import FeastSettings, KafkaSettings, RedisSettings, StreamSettings
 from services.stream import agents, metrics
 from services.stream.processor import CachedCard, CachedTerminal, StateCache
@@ -39,12 +39,27 @@ def _credentials(settings: KafkaSettings) -> faust.types.auth.CredentialsT | Non
     return faust.SSLCredentials(context)
 
 
+def topic_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
+    """How many partitions `topic` has, from the cluster's metadata."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(settings.client_config()).list_topics(topic, timeout=timeout_s)
+    partitions = len(metadata.topics[topic].partitions)
+    if partitions == 0:
+        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    return partitions
+
+
 def make_app(
     kafka_settings: KafkaSettings,
     stream_settings: StreamSettings,
     sink: FeastSink,
+    terminal_partitions: int | None = None,
 ) -> faust.App:
-    """One App: the transactions, labels and terminal agents writing through `sink`."""
+    """One App: the transactions, labels and terminal agents writing through `sink`.
+
+    `terminal_partitions`: of the internal terminal-events topic (default: asked from Kafka).
+    """
     app = faust.App(
         stream_settings.app_id,
         broker=broker_urls(kafka_settings),
@@ -71,8 +86,11 @@ def make_app(
     )
     store = agents.StoreCaller(sink, stream_settings.write_retry_max_s)
     dlq = raw_topic(kafka_settings.dlq_topic)
-    terminal_events = raw_topic(stream_settings.terminal_topic(kafka_settings.transactions_topic))
-    forwarder = agents.TerminalForwarder(terminal_events)
+    terminal_topic = stream_settings.terminal_topic(kafka_settings.transactions_topic)
+    terminal_events = raw_topic(terminal_topic)
+    if terminal_partitions is None:
+        terminal_partitions = topic_partitions(kafka_settings, terminal_topic)
+    forwarder = agents.TerminalForwarder(terminal_events, terminal_partitions)
     agents.attach(
         app,
         transactions=raw_topic(kafka_settings.transactions_topic),
@@ -134,6 +152,7 @@ def run_worker() -> int:
     """Run the worker until SIGTERM/SIGINT; configured only by environment variables."""
     kafka_settings = KafkaSettings()
     stream_settings = StreamSettings()
+    telemetry.configure_tracing("fraudscore-stream")
     repo_dir = prepare(kafka_settings, FeastSettings(), RedisSettings(), stream_settings)
     sink = FeastSink(repo_dir)
     stream_settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -155,4 +174,5 @@ def run_worker() -> int:
         worker.execute_from_commandline()
     finally:
         sink.close()
+        telemetry.shutdown_tracing()
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,16 @@ BATCH_RETRIES = Counter(
     "fraudscore_stream_batch_retries_total",
     "Batches that failed outside the store calls and were retried whole.",
     ["kind"],
+)
+CONSUMER_LAG = Gauge(
+    "fraudscore_stream_consumer_lag",
+    # Not from the broker's lag APIs (tansu reports end offsets and group lag wrongly): the high
+    # watermark comes with every fetch response and the position is this worker's own.
+    "Messages behind, per topic and partition: the high watermark of the consumer's last fetch "
+    "minus the next offset after the newest processed (written and acked) message. Updated "
+    "after each batch, so an idle partition keeps its last value (0 once caught up); a broker "
+    "that under-reports the high watermark makes it read low, never negative.",
+    ["topic", "partition"],
 )
 WRITE_ERRORS = Counter(
     "fraudscore_stream_write_errors_total",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import pyarrow as pa
+from aiokafka.partitioner import murmur2
 from google.protobuf.message import DecodeError
 
 from services.common import events, features, offline_store
@@ -111,6 +112,10 @@ class BatchResult:
     #: Rows of `offline_store.TRANSACTIONS_SCHEMA`, one per APPLIED transaction.
     transaction_rows: list[dict[str, Any]] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+
+    def final_rows(self) -> dict[str, dict[str, object]]:
+        """`features.to_row` of each changed card's final state: its last history row."""
+        return {card_id: row for card_id, _, row in self.state_rows}
 
 
 def group_by_card(txns: Iterable[ValidTransaction]) -> dict[str, list[ValidTransaction]]:
@@ -275,18 +280,30 @@ class TerminalEvent:
         """Time order; at the same millisecond transactions first, as the backfill does."""
         return (self.stamp_ms, 0 if self.kind == "transaction" else 1)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "transaction_id": self.transaction_id,
+            "terminal_id": self.terminal_id,
+            "transaction_ms": self.transaction_ms,
+            "stamp_ms": self.stamp_ms,
+            "is_fraud": self.is_fraud,
+        }
+
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "kind": self.kind,
-                "transaction_id": self.transaction_id,
-                "terminal_id": self.terminal_id,
-                "transaction_ms": self.transaction_ms,
-                "stamp_ms": self.stamp_ms,
-                "is_fraud": self.is_fraud,
-            },
-            separators=(",", ":"),
-        ).encode()
+        return json.dumps(self.as_dict(), separators=(",", ":")).encode()
+
+
+def encode_terminal_events(terminal_events: Sequence[TerminalEvent]) -> bytes:
+    """Many events as one message: a JSON array (one send per partition instead of per event;
+    a send costs more than folding the event)."""
+    return json.dumps([e.as_dict() for e in terminal_events], separators=(",", ":")).encode()
+
+
+def terminal_partition(terminal_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for key `terminal_id`: every terminal
+    has one partition, hence one writer, whether its events travel alone or in a batch."""
+    return (murmur2(terminal_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def terminal_events_of_transactions(rows: Sequence[Mapping[str, Any]]) -> list[TerminalEvent]:
@@ -320,12 +337,37 @@ def terminal_events_of_labels(rows: Sequence[Mapping[str, Any]]) -> list[Termina
     ]
 
 
+def parse_terminal_events(raw: bytes | None) -> list[TerminalEvent] | Rejected:
+    """Decode one internal message: a JSON array of events (`encode_terminal_events`) or a
+    single event (`TerminalEvent.encode`). One bad event rejects the whole message."""
+    if not raw:
+        return Rejected(PAYLOAD_FIELD, "empty message")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        return Rejected(PAYLOAD_FIELD, f"undecodable terminal event: {type(exc).__name__}")
+    out: list[TerminalEvent] = []
+    for item in data if isinstance(data, list) else [data]:
+        event = _terminal_event(item)
+        if isinstance(event, Rejected):
+            return event
+        out.append(event)
+    return out
+
+
 def parse_terminal_event(raw: bytes | None) -> TerminalEvent | Rejected:
     """Decode one internal terminal event (written by this service, so a bad one is a bug)."""
     if not raw:
         return Rejected(PAYLOAD_FIELD, "empty message")
     try:
         data = json.loads(raw)
+    except ValueError as exc:
+        return Rejected(PAYLOAD_FIELD, f"undecodable terminal event: {type(exc).__name__}")
+    return _terminal_event(data)
+
+
+def _terminal_event(data: Any) -> TerminalEvent | Rejected:
+    try:
         kind = data["kind"]
         if kind not in ("transaction", "label"):
             return Rejected("kind", f"unknown terminal event kind {str(kind)[:20]!r}")
@@ -353,6 +395,10 @@ class TerminalBatchResult:
     #: (terminal_id, stamp_ms, features.terminal_to_row(state after it)) per APPLIED event.
     state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+
+    def final_rows(self) -> dict[str, dict[str, object]]:
+        """`features.terminal_to_row` of each changed terminal's final state."""
+        return {terminal_id: row for terminal_id, _, row in self.state_rows}
 
 
 def fold_terminal_event(

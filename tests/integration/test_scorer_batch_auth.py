@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from services.common.model_registry import ModelRegistry
 from services.common.settings import KafkaSettings, ScorerSettings
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc
 from services.scorer.interceptors import INVALID_FIELD_KEY
+from services.scorer.model import LoadedModel
 from services.scorer.online_features import FeatureReader
 from services.scorer.outcome import ScoreOutcome
 from services.scorer.publisher import ScorePublisher
@@ -30,6 +32,10 @@ from services.scorer.server import ScorerServer, create_server
 pytestmark = pytest.mark.integration
 
 PAN = "4111111111111111"
+#: Tests that count calls require a token, so a stray client (another test's load generator
+#: still aiming at a port the OS has since handed to this server) cannot add to the counts.
+TOKEN = "count-only-my-calls"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 Start = Callable[..., tuple[ScorerServer, int]]
 
 
@@ -271,3 +277,119 @@ def test_a_dead_broker_never_fails_a_score(start: Start, reader: FastFeatureRead
     publisher.close(0)
     assert all(r.fallback_used is False for r in replies)
     assert publisher.dropped == 3
+
+
+def test_dropped_score_records_are_counted_and_logged_once_per_interval(
+    start: Start, reader: FastFeatureReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    server, port = start(reader, auth_token=TOKEN)
+    publisher = ScorePublisher(
+        dead, queue_max=2, on_dropped=server.metrics.score_records_dropped.inc
+    )
+    server.servicer.on_scored = publisher
+    channel, stub = stub_for(port)
+    with caplog.at_level("WARNING", logger="services.scorer.publisher"), channel:
+        for _ in range(6):
+            stub.Score(
+                scorer_pb2.ScoreRequest(transaction=world.transaction("c")),
+                timeout=10,
+                metadata=AUTH,
+            )
+    publisher.close(0)
+    assert publisher.dropped == 4
+    dropped = server.metrics.registry.get_sample_value("fraudscore_score_records_dropped_total")
+    assert dropped == 4.0
+    warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warnings) == 1  # rate-limited: a dead broker is one line per interval
+
+
+def test_a_batch_is_one_observation_of_the_batch_histogram(
+    start: Start, reader: FastFeatureReader
+) -> None:
+    server, port = start(reader, auth_token=TOKEN)
+    sample = server.metrics.registry.get_sample_value
+
+    def singles() -> float:
+        return sample("fraudscore_score_latency_seconds_count", {"path": "model"}) or 0.0
+
+    def decisions() -> float:
+        return sum(
+            sample("fraudscore_decisions_total", {"decision": d}) or 0.0
+            for d in ("approve", "review", "decline")
+        )
+
+    def batches() -> tuple[float, float]:
+        count = sample("fraudscore_score_batch_latency_seconds_count") or 0.0
+        return count, sample("fraudscore_score_batch_size_sum") or 0.0
+
+    channel, stub = stub_for(port)
+    with channel:
+        # Deltas, not absolutes: the figures must move by exactly this test's calls.
+        before, decided, (calls, items) = singles(), decisions(), batches()
+        txns = [world.transaction(f"b-{i}", 1_000) for i in range(5)]
+        stub.ScoreBatch(scorer_pb2.ScoreBatchRequest(transactions=txns), timeout=10, metadata=AUTH)
+        assert batches() == (calls + 1, items + 5)
+        # The batch's items are not single calls: the per-call histogram does not move ...
+        assert singles() == before
+        # ... while every answer, batch items included, is a decision.
+        assert decisions() >= decided + 5
+        stub.Score(
+            scorer_pb2.ScoreRequest(transaction=world.transaction("s")), timeout=10, metadata=AUTH
+        )
+        assert singles() >= before + 1
+        assert batches() == (calls + 1, items + 5)
+
+
+def test_a_shadow_model_scores_off_the_request_path_into_the_scores_topic(
+    start: Start,
+    reader: FastFeatureReader,
+    registry: ModelRegistry,
+    fresh_topics: KafkaSettings,
+) -> None:
+    challenger = registry.register(world.train_model_text(seed=9), world.model_metadata())
+    publisher = ScorePublisher(fresh_topics)
+    threads: list[str] = []
+
+    def publish(outcome: ScoreOutcome) -> None:
+        threads.append(threading.current_thread().name)
+        publisher(outcome)
+
+    _, plain_port = start(reader, auth_token=TOKEN)
+    server, port = start(
+        reader, on_scored=publish, shadow_model_version=challenger.version, auth_token=TOKEN
+    )
+    assert server.shadow is not None and server.shadow.model is not None
+    txns = [world.transaction(f"shadow-{i}", 10_000 * (i + 1)) for i in range(4)]
+    plain_channel, plain_stub = stub_for(plain_port)
+    channel, stub = stub_for(port)
+    with channel, plain_channel:
+        replies = [
+            stub.Score(scorer_pb2.ScoreRequest(transaction=t), timeout=10, metadata=AUTH)
+            for t in txns
+        ]
+        expected = [
+            plain_stub.Score(scorer_pb2.ScoreRequest(transaction=t), timeout=10, metadata=AUTH)
+            for t in txns
+        ]
+    # The caller's answer is the champion's, exactly as without a shadow.
+    assert replies == expected
+    server.stop(5).wait()
+    publisher.close()
+    assert set(threads) == {"shadow-scorer"}
+
+    records = [scorer_pb2.ScoreRecord.FromString(v) for v in consume(fresh_topics, len(txns))]
+    assert sorted(r.transaction_id for r in records) == sorted(t.transaction_id for t in txns)
+    challenger_model = LoadedModel.load(registry.get(challenger.version))
+    for record in records:
+        assert record.model_version != f"lgbm-{challenger.version}"
+        assert record.shadow_model_version == f"lgbm-{challenger.version}"
+        assert record.HasField("shadow_score")
+        vector = features.feature_vector(dict(record.features) | _nan_features(record))
+        assert record.shadow_score == pytest.approx(challenger_model.predict(vector), abs=1e-12)
+    assert server.metrics.registry.get_sample_value("fraudscore_shadow_scored_total") == 4.0
+
+
+def _nan_features(record: scorer_pb2.ScoreRecord) -> dict[str, float]:
+    # Records leave NaN (unknown) features out; the model saw them as NaN.
+    return {n: float("nan") for n in features.FEATURE_NAMES if n not in record.features}

@@ -402,6 +402,16 @@ def test_promotions_swap_models_live_but_broken_artifacts_are_refused(
         "fraudscore_model_info", {"version": f"lgbm-{second.version}"}
     )
     assert info == 1.0
+    sample = scorer.server.metrics.registry.get_sample_value
+    # The alert for operators: refusals by reason, and "the newest promotion is not serving".
+    assert sample("fraudscore_model_refused_total", {"reason": "unreadable"}) == 1.0
+    assert sample("fraudscore_model_refused_total", {"reason": "feature_mismatch"}) == 1.0
+    assert sample("fraudscore_model_alert") == 1.0
+    third = registry.register(train_model_text(seed=2), {"feature_names": NAMES})
+    registry.promote(third.version)
+    wait_for(lambda: holder.current is not None and holder.current.version == third.version)
+    wait_for(lambda: sample("fraudscore_model_alert") == 0.0)
+    assert sample("fraudscore_model_refused_total", {"reason": "unreadable"}) == 1.0
 
 
 def test_each_score_is_one_trace_with_feature_fetch_and_predict_or_fallback_children(

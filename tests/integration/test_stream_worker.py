@@ -335,3 +335,89 @@ def test_worker_appends_labels_to_the_label_log(
     assert dict(msg.headers() or [])["original_topic"].decode() == fresh_topics.labels_topic
 
     assert worker.stop() == 0, worker.tail()
+
+
+def test_direct_redis_writes_are_byte_for_byte_what_a_feast_push_writes(
+    feature_repo_dir: Path,
+) -> None:
+    """The stream writes online state itself (services.stream.online); Feast must find exactly
+    what its own push would have stored, for both views, empty lists included."""
+    import redis as redis_lib
+
+    from services.stream.online import RedisOnlineStore
+    from services.stream.sink import push_frame, terminal_push_frame
+
+    store = feast_repo.open_store(feature_repo_dir)
+    online = RedisOnlineStore.from_store(
+        store, [feast_repo.FEATURE_VIEW, feast_repo.TERMINAL_FEATURE_VIEW]
+    )
+    tag = uuid.uuid4().hex[:6]
+    busy = CardState()
+    for i in range(40):
+        features.apply_transaction(
+            busy, f"x{i}", T0 + i * 61_000, 10.5 + i, LATENESS_MS, f"term-{i % 3}"
+        )
+    empty = CardState(last_event_ms=T0)  # every list column empty
+    terminal = features.TerminalState()
+    for i in range(30):
+        features.apply_terminal_transaction(terminal, f"x{i}", T0 + i * 1000, 3_600_000)
+    features.apply_terminal_label(terminal, "x3", T0 + 3000, True)
+    stamp_us = T0 * 1000 + 123_456
+
+    from feast.data_source import PushMode
+
+    cards = {"busy": busy, "empty": empty}
+    store.push(
+        feast_repo.PUSH_SOURCE,
+        push_frame(
+            {f"feast-{tag}-{c}": s for c, s in cards.items()},
+            dict.fromkeys((f"feast-{tag}-{c}" for c in cards), stamp_us),
+        ),
+        to=PushMode.ONLINE,
+    )
+    store.push(
+        feast_repo.TERMINAL_PUSH_SOURCE,
+        terminal_push_frame({f"feast-{tag}-t": terminal}, {f"feast-{tag}-t": stamp_us}),
+        to=PushMode.ONLINE,
+    )
+    written = online.write(
+        feast_repo.FEATURE_VIEW,
+        [(f"fast-{tag}-{c}", stamp_us, features.to_row(s)) for c, s in cards.items()],
+    )
+    written += online.write(
+        feast_repo.TERMINAL_FEATURE_VIEW,
+        [(f"fast-{tag}-t", stamp_us, features.terminal_to_row(terminal))],
+    )
+    assert written == 3
+
+    client = redis_lib.Redis(host="127.0.0.1", port=6379)
+    pairs = [(feast_repo.FEATURE_VIEW, c) for c in cards] + [
+        (feast_repo.TERMINAL_FEATURE_VIEW, "t")
+    ]
+    for view, name in pairs:
+        ours = client.hgetall(online.key(view, f"fast-{tag}-{name}"))
+        feasts = client.hgetall(online.key(view, f"feast-{tag}-{name}"))
+        assert feasts, f"Feast wrote nothing under the key we computed for {view}/{name}"
+        assert ours == feasts, view
+
+    # Feast reads our rows back as the states we wrote, with our timestamp.
+    got = store.get_online_features(
+        features=feast_repo.feature_refs(), entity_rows=[{"card_id": f"fast-{tag}-busy"}]
+    ).to_dict()
+    row = {column: got[column][0] for column in features.STATE_COLUMNS}
+    assert features.to_row(features.from_row(row)) == features.to_row(busy)  # type: ignore[arg-type]
+    (stored,) = online.read(feast_repo.FEATURE_VIEW, [f"fast-{tag}-busy"])
+    assert stored.stamp_us == stamp_us
+    assert features.to_row(features.from_row(stored.row)) == features.to_row(busy)  # type: ignore[arg-type]
+
+    # Like Feast's write: a row not newer than the stored one is skipped.
+    assert (
+        online.write(
+            feast_repo.FEATURE_VIEW, [(f"fast-{tag}-busy", stamp_us, features.to_row(empty))]
+        )
+        == 0
+    )
+    (stored,) = online.read(feast_repo.FEATURE_VIEW, [f"fast-{tag}-busy"])
+    assert features.from_row(stored.row) is not None
+    assert stored.row["last_event_ms"] == busy.last_event_ms
+    online.close()

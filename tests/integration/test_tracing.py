@@ -244,3 +244,59 @@ def test_no_endpoint_leaves_tracing_off() -> None:
     assert telemetry.configure_tracing("fraudscore-test", TelemetrySettings()) is False
     with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
         telemetry.build_tracer_provider("fraudscore-test", TelemetrySettings())
+
+
+def test_a_callers_traceparent_makes_the_score_span_a_child_of_its_trace(
+    collector: tuple[Collector, str],
+    feature_repo_dir: Path,
+    tmp_path: Path,
+) -> None:
+    received, endpoint = collector
+    provider = telemetry.build_tracer_provider(
+        "scorer-traced-caller", TelemetrySettings(exporter_otlp_endpoint=endpoint)
+    )
+    promoted_model(tmp_path / "models")
+    reader = FeastFeatureReader(feast_repo.open_store(feature_repo_dir))
+    reader.warm_up()
+    settings = ScorerSettings(
+        model_dir=tmp_path / "models", metrics_port=0, max_workers=2, budget_ms=1000
+    )
+    server, port = create_server(
+        "127.0.0.1:0",
+        settings,
+        feature_reader=reader,
+        watch_registry=False,
+        tracer=provider.get_tracer("tests.tracing"),
+    )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    caller_span = "00f067aa0ba902b7"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scorer_pb2_grpc.FraudScorerStub(channel)
+            stub.Score(
+                scorer_pb2.ScoreRequest(transaction=transaction("t-trace-3", "card-trace-3")),
+                timeout=5,
+                metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
+            )
+            # Without a traceparent the next call starts a trace of its own.
+            stub.Score(
+                scorer_pb2.ScoreRequest(transaction=transaction("t-trace-4", "card-trace-4")),
+                timeout=5,
+            )
+    finally:
+        server.stop(0).wait()
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+    scores = received.wait_for("Score", timeout_s=10)
+    deadline = time.monotonic() + 5
+    while len(scores) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        scores = received.named("Score")
+    joined = [s for s in scores if s.trace_id == bytes.fromhex(trace_id)]
+    assert len(joined) == 1
+    assert joined[0].parent_span_id == bytes.fromhex(caller_span)
+    children = [s for s in received.spans if s.parent_span_id == joined[0].span_id]
+    assert {c.name for c in children} == {"feature_fetch", "predict"}
+    assert all(c.trace_id == bytes.fromhex(trace_id) for c in children)
+    (own,) = [s for s in scores if s.trace_id != bytes.fromhex(trace_id)]
+    assert own.parent_span_id == b""

@@ -3,19 +3,38 @@ trace (services.common.telemetry.kafka_headers / context_from_kafka_headers)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import pytest
 from confluent_kafka import Consumer, Message
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common import kafka, telemetry
-from services.common.settings import KafkaSettings
+from services.common.settings import (
+    FeastSettings,
+    KafkaSettings,
+    RedisSettings,
+    StreamSettings,
+    TelemetrySettings,
+    to_env,
+)
 
 pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -100,3 +119,155 @@ def test_message_without_trace_headers_starts_a_new_trace(
         ):
             pass
     assert all(span.parent is None for span in exporter.get_finished_spans())
+
+
+# --- One trace from the simulator's publish to the stream worker's feature update -------------
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    links: tuple[tuple[bytes, bytes], ...]
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An in-process OTLP/gRPC trace receiver keeping every span it is sent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.spans: list[ReceivedSpan] = []
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        received = []
+        for resource_spans in request.resource_spans:
+            service = ""
+            for attribute in resource_spans.resource.attributes:
+                if attribute.key == "service.name":
+                    service = attribute.value.string_value
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=service,
+                            name=span.name,
+                            trace_id=span.trace_id,
+                            span_id=span.span_id,
+                            parent_span_id=span.parent_span_id,
+                            links=tuple((link.trace_id, link.span_id) for link in span.links),
+                        )
+                    )
+        with self._lock:
+            self.spans.extend(received)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def named(self, name: str) -> list[ReceivedSpan]:
+        with self._lock:
+            return [span for span in self.spans if span.name == name]
+
+
+@pytest.fixture()
+def collector() -> Iterator[tuple[Collector, str]]:
+    servicer = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait()
+
+
+def test_one_trace_shows_the_simulator_publish_and_the_stream_feature_update(
+    fresh_topics: KafkaSettings,
+    redis_settings: RedisSettings,
+    feast_settings: FeastSettings,
+    feature_repo_dir: Path,
+    collector: tuple[Collector, str],
+    tmp_path: Path,
+) -> None:
+    import pandas as pd
+
+    from services.simulator import producer
+
+    received, endpoint = collector
+    provider = telemetry.build_tracer_provider(
+        "fraudscore-simulator", TelemetrySettings(exporter_otlp_endpoint=endpoint)
+    )
+    prefix = f"trace-{uuid.uuid4().hex[:6]}-"
+    n = producer.PUBLISH_SPAN_MESSAGES + 20  # two publish spans, so a batch may link both
+    frame = pd.DataFrame(
+        {
+            "transaction_id": [f"{prefix}x{i}" for i in range(n)],
+            "card_id": [f"{prefix}c{i % 17}" for i in range(n)],
+            "terminal_id": [f"{prefix}t{i % 5}" for i in range(n)],
+            "amount_minor": [1000 + i for i in range(n)],
+            "currency": ["EUR"] * n,
+            "event_ms": [1_767_225_600_000 + i * 1000 for i in range(n)],
+            "channel": [1] * n,
+            "merchant_category_code": ["5411"] * n,
+            "country": ["NL"] * n,
+        }
+    )
+    assert (
+        producer.produce_transactions(fresh_topics, frame, tracer=provider.get_tracer("tests")) == n
+    )
+    provider.force_flush()
+    publishes = received.named("simulator.publish")
+    assert len(publishes) == 2
+    publish_ids = {(s.trace_id, s.span_id) for s in publishes}
+
+    stream = StreamSettings(
+        app_id=f"trace-test-{uuid.uuid4().hex[:8]}",
+        data_dir=tmp_path / "stream-data",
+        web_port=0,
+        metrics_port=0,
+        setup_on_start=False,
+    )
+    feast = feast_settings.model_copy(update={"work_dir": feature_repo_dir})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(to_env(fresh_topics, redis_settings, feast, stream))
+    env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "PYTHONUNBUFFERED": "1"})
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "services.stream"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            linked: set[tuple[bytes, bytes]] = set()
+            while time.monotonic() < deadline and linked != publish_ids:
+                assert worker.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                linked = set()
+                for span in received.named("stream.transactions"):
+                    linked.add((span.trace_id, span.parent_span_id))
+                    linked.update(span.links)
+                linked &= publish_ids
+                time.sleep(0.5)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+    tail = log_path.read_text(errors="replace")[-4000:]
+    assert linked == publish_ids, tail
+    batch_spans = received.named("stream.transactions")
+    assert {s.service for s in batch_spans} == {"fraudscore-stream"}
+    # A batch span is a child of a publish span: the same trace, publish -> feature update.
+    children = [s for s in batch_spans if (s.trace_id, s.parent_span_id) in publish_ids]
+    assert children, batch_spans
+    # The terminal agent's batch joins the card batch's trace through the forwarded headers.
+    terminal_deadline = time.monotonic() + 30
+    while time.monotonic() < terminal_deadline and not received.named("stream.terminals"):
+        time.sleep(0.2)
+    batch_ids = {(s.trace_id, s.span_id) for s in batch_spans}
+    terminal_spans = received.named("stream.terminals")
+    assert any((s.trace_id, s.parent_span_id) in batch_ids for s in terminal_spans), tail

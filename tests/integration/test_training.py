@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ import pytest
 from services.common import currency, feast_repo, features
 from services.common.model_registry import ModelRegistry
 from services.common.settings import FeastSettings, RedisSettings, TrainingSettings
-from training import backfill, cli, dataset, pipeline, split
+from services.monitor import reference
+from training import backfill, cli, dataset, pipeline, report, split
 
 DAY = 86_400_000
 D0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -223,6 +225,22 @@ def test_training_promotes_a_first_model_then_only_one_at_least_as_good(
     assert meta["rows"]["train_positives"] > 0 and meta["rows"]["test_positives"] > 0
     assert meta["best_iteration"] >= 1
     assert set(meta["library_versions"]) >= {"lightgbm", "feast", "numpy", "pandas"}
+    assert meta["code_version"] and meta["code_version"] != "unknown"
+    assert {"train_start", "train_end", "test_start", "test_end", "cutoff"} <= set(meta["window"])
+    rows = meta["rows"]
+    assert rows["train"] + rows["test"] <= rows["dataset"]
+    # Both kinds of missing history are counted and kept (left-joined back), never dropped.
+    assert 0 < rows["no_history"] < rows["dataset"]
+    # Every terminal of the synthetic log is busy from day 0: none is new in the window.
+    assert rows["no_terminal_history"] == 0
+    assert rows["feast_dropped"] <= min(rows["no_history"], rows["no_terminal_history"])
+    assert meta["report"] == report.REPORT_NAME
+    assert_report(registry.get(first.version).directory, first.metrics, champion=None)
+    assert first.report_path == registry.get(first.version).directory / report.REPORT_NAME
+    # The monitor's drift baseline is saved with the version, over every model feature.
+    drift = reference.load(registry.get(first.version).directory)
+    assert set(drift.features) == set(features.FEATURE_NAMES)
+    assert drift.rows == rows["train"]
     # A burst of big amounts is easy to learn: far above the 0.5 of a coin flip.
     assert first.metrics["auc_roc"] > 0.9
     assert first.metrics["average_precision"] > 0.5
@@ -237,6 +255,7 @@ def test_training_promotes_a_first_model_then_only_one_at_least_as_good(
     )
     assert second.promoted
     assert registry.get(second.version).metadata["decision"] == second.reason
+    assert_report(registry.get(second.version).directory, second.metrics, champion=first.version)
     assert registry.champion_version() == second.version
 
     # A model that cannot split at all scores every row alike: worse, so not promoted.
@@ -251,6 +270,26 @@ def test_training_promotes_a_first_model_then_only_one_at_least_as_good(
     assert not math.isnan(third_meta["champion_metrics"]["average_precision"])
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_report(directory: Path, metrics: dict[str, float], champion: str | None) -> None:
+    """report.md exists, embeds every plot (each a real, non-trivial PNG) and holds the metrics."""
+    text = (directory / report.REPORT_NAME).read_text()
+    for name in report.PLOTS:
+        data = (directory / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 5_000, name
+        assert f"]({name})" in text
+    for key in ("auc_roc", "average_precision", "card_precision_at_100", "brier"):
+        assert f"{metrics[key]:.4f}" in text
+    assert "Card precision@100" in text
+    if champion is None:
+        assert "No champion compared" in text
+    else:
+        assert f"champion {champion}" in text
+
+
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))
@@ -259,17 +298,32 @@ def run_cli(argv: list[str]) -> int:
 
 
 def test_cli_train_exits_zero_when_trained_and_one_without_enough_data(
-    backfilled: Backfilled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backfilled: Backfilled,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("FEAST_WORK_DIR", str(backfilled.repo_dir))
     monkeypatch.setenv("FEAST_PROJECT", backfilled.feast.project)
     monkeypatch.setenv("TRAINING_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("TRAINING_NUM_BOOST_ROUND", "30")
+    monkeypatch.setenv("TRAINING_PROGRESS_EVERY", "10")
+    monkeypatch.setenv("TRAINING_REPORT_DIR", str(tmp_path / "reports"))
     registry = ModelRegistry(tmp_path / "models")
 
-    assert run_cli(["train", "--cutoff", "2026-01-26T00:00:00Z"]) == 0
+    with caplog.at_level(logging.INFO):
+        assert run_cli(["train", "--cutoff", "2026-01-26T00:00:00Z"]) == 0
     champion = registry.champion_version()
     assert champion is not None
+    # Progress: the steps, and boosting rounds with their share done.
+    messages = [r.getMessage() for r in caplog.records]
+    for step in ("step 1/4", "step 2/4", "step 3/4", "step 4/4"):
+        assert any(m.startswith(step) for m in messages), step
+    rounds = [m for m in messages if m.startswith("final fit: round ")]
+    assert rounds and rounds[-1].split("(")[1].startswith("100%")
+    # The report's copy in the configured folder, next to the one in the registry.
+    copied = tmp_path / "reports" / champion / report.REPORT_NAME
+    assert copied.read_text() == (registry.get(champion).directory / report.REPORT_NAME).read_text()
 
     # Ten days of data cannot hold 7 + 7 + 7: a clear failure, the champion stays.
     assert run_cli(["train", "--cutoff", "2026-01-10T00:00:00Z"]) == 1

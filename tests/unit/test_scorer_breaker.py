@@ -102,3 +102,37 @@ def test_closed_breaker_runs_calls_concurrently(guarded: GuardedPath) -> None:
     for t in threads:
         t.join()
     assert len(results) == 3
+
+
+def test_inline_runs_on_the_callers_thread(guarded: GuardedPath) -> None:
+    assert guarded.run(lambda: threading.current_thread().name, 1.0, inline=True) == (
+        threading.current_thread().name
+    )
+    assert guarded.run(lambda: threading.current_thread().name, 1.0).startswith("guarded")
+
+
+def test_an_inline_answer_later_than_the_budget_is_a_timeout_and_counts(
+    guarded: GuardedPath,
+) -> None:
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded):
+            guarded.run(lambda: time.sleep(0.03), timeout_s=0.01, inline=True)
+    assert guarded.state == "open"
+    with pytest.raises(BreakerOpen):
+        guarded.run(lambda: 1, timeout_s=1.0, inline=True)
+
+
+def test_inline_errors_count_and_a_late_client_bound_answer_does_not(
+    guarded: GuardedPath,
+) -> None:
+    for _ in range(4):
+        with pytest.raises(BudgetExceeded):
+            guarded.run(lambda: time.sleep(0.02), 0.001, client_bound=True, inline=True)
+    assert guarded.state == "closed"
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            guarded.run(boom, 1.0, inline=True)
+    assert guarded.state == "open"
+    time.sleep(0.25)
+    assert guarded.run(lambda: 7, 1.0, inline=True) == 7  # the half-open trial, inline too
+    assert guarded.state == "closed"

@@ -89,3 +89,63 @@ def test_model_reasons_match_lightgbm_contributions(tmp_path: Path) -> None:
     reasons = model.explain(row)
     assert reasons, "a large amount must push a fraud score up"
     assert reasons[0].code == NAMES[int(np.argmax(contrib))]
+
+
+def test_refusals_carry_a_fixed_reason_code(tmp_path: Path) -> None:
+    record = ModelRegistry(tmp_path / "a").register("not a model", {"feature_names": NAMES})
+    with pytest.raises(ModelLoadError) as unreadable:
+        LoadedModel.load(record)
+    assert unreadable.value.reason == "unreadable"
+    swapped = [NAMES[1], NAMES[0], *NAMES[2:]]
+    with pytest.raises(ModelLoadError) as mismatch:
+        register(tmp_path / "b", tiny_booster(NAMES), swapped)
+    assert mismatch.value.reason == "feature_mismatch"
+
+
+def random_rows(n: int) -> list[list[float]]:
+    rng = np.random.default_rng(5)
+    rows = rng.random((n, len(NAMES))) * 100
+    rows[:, NAMES.index("amount")] = rng.uniform(1, 2_000, n)
+    rows[rng.random((n, len(NAMES))) < 0.1] = np.nan  # unknown features reach the model as NaN
+    return rows.tolist()
+
+
+@pytest.mark.parametrize("objective", ["binary", "cross_entropy"])
+def test_the_single_row_fast_path_scores_and_explains_exactly_as_booster_predict(
+    tmp_path: Path, objective: str
+) -> None:
+    model = register(tmp_path, tiny_booster(NAMES, objective), NAMES)
+    assert model.fast is not None, "a loaded model uses the prepared single-row predictions"
+    rows = random_rows(200) + sanity_rows()
+    expected = model.booster.predict(np.asarray(rows), num_threads=1)
+    contrib = model.booster.predict(np.asarray(rows), pred_contrib=True, num_threads=1)
+    for row, score, c in zip(rows, expected, contrib, strict=True):
+        assert model.predict(row) == score
+        fast_score, reasons = model.score(row)
+        assert fast_score == score
+        assert reasons == top_reasons(NAMES, c[:-1].tolist())
+        assert np.array_equal(model.fast.contributions(row), c)
+
+
+def test_the_fast_path_refuses_a_row_of_the_wrong_length(tmp_path: Path) -> None:
+    model = register(tmp_path, tiny_booster(NAMES), NAMES)
+    assert model.fast is not None
+    with pytest.raises(ValueError, match="features"):
+        model.fast.predict([1.0, 2.0])
+
+
+def test_an_early_stopped_model_scores_at_its_best_iteration_on_both_paths(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.random((400, len(NAMES))), columns=NAMES)
+    label = (rng.random(400) < 0.5).astype(int)  # noise: validation loss stops improving early
+    train = lgb.Dataset(frame[:300], label=label[:300])
+    valid = lgb.Dataset(frame[300:], label=label[300:], reference=train)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 4, "min_data_in_leaf": 5}
+    booster = lgb.train(
+        params, train, 50, valid_sets=[valid], callbacks=[lgb.early_stopping(3, verbose=False)]
+    )
+    model = register(tmp_path, booster, NAMES)
+    for row in random_rows(20):
+        assert model.predict(row) == model.booster.predict(np.asarray([row]))[0]

@@ -10,7 +10,7 @@ from typing import Any
 from services.common import features
 from services.common.features import CardState
 from services.proto.fraudscore.v1 import transaction_pb2
-from services.stream import agents
+from services.stream import agents, processor
 from services.stream.processor import CachedCard, StateCache
 
 T0 = 1_767_225_600_000
@@ -33,7 +33,9 @@ class FakeSink:
     def write_offline(self, state_rows: list[Any], transaction_rows: list[Any]) -> None:
         self.offline_rows.extend(state_rows)
 
-    def push_online(self, states: dict[str, CardState], stamps: dict[str, int]) -> None:
+    def push_online(
+        self, states: dict[str, CardState], stamps: dict[str, int], rows: Any = None
+    ) -> None:
         if self.fail_pushes:
             self.fail_pushes -= 1
             raise ConnectionError("redis down")
@@ -105,3 +107,55 @@ async def test_cached_cards_are_not_read_again_until_a_rebalance() -> None:
     assert sink.loads == [["c1"], ["c1"]]
     # The redelivered "b" was a duplicate of the stored state: still two transactions.
     assert features.card_features(sink.online["c1"], T0 + 1000)["card_count_1h"] == 2
+
+
+def test_forwarded_terminal_events_travel_one_message_per_partition() -> None:
+    topic = FakeTopic()
+    forwarder = agents.TerminalForwarder(topic, partitions=4)  # type: ignore[arg-type]
+    sent = [
+        processor.TerminalEvent("transaction", f"x{i}", f"term-{i % 9}", T0 + i, T0 + i)
+        for i in range(60)
+    ]
+    asyncio.run(forwarder.send(sent))
+    assert 1 <= len(topic.sent) <= 4
+    received: list[processor.TerminalEvent] = []
+    for message in topic.sent:
+        events_of = processor.parse_terminal_events(message["value"])
+        assert isinstance(events_of, list)
+        # Every terminal of a message maps to the message's partition, as its own key would.
+        assert {processor.terminal_partition(e.terminal_id, 4) for e in events_of} == {
+            message["partition"]
+        }
+        received.extend(events_of)
+    assert sorted(received, key=lambda e: e.transaction_id) == sorted(
+        sent, key=lambda e: e.transaction_id
+    )
+
+
+def test_terminal_partition_is_kafkas_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for terminal in ("term-1", "T000123", "ä-terminal"):
+        key = terminal.encode()
+        expected = DefaultPartitioner()(key, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5])
+        assert processor.terminal_partition(terminal, 6) == expected
+
+
+def test_consumer_lag_is_the_fetch_highwater_minus_the_next_offset() -> None:
+    from faust.types import TP
+
+    from services.stream import metrics
+
+    tp = TP("lag-topic", 3)
+
+    def lag_event(offset: int) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+    tracker = agents.LagTracker(lambda _: 120)
+    tracker.observe([lag_event(10), lag_event(99), lag_event(42)])
+    gauge = metrics.CONSUMER_LAG.labels("lag-topic", "3")
+    assert gauge._value.get() == 20  # highwater 120, next offset 100
+    agents.LagTracker(lambda _: 50).observe([lag_event(99)])  # stale highwater: never negative
+    assert gauge._value.get() == 0
+    agents.LagTracker(lambda _: None).observe([lag_event(5)])  # not fetched yet: unchanged
+    assert gauge._value.get() == 0

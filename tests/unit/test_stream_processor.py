@@ -299,3 +299,18 @@ def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
 def test_malformed_terminal_event_is_rejected() -> None:
     assert isinstance(processor.parse_terminal_event(b"{"), Rejected)
     assert isinstance(processor.parse_terminal_event(b'{"kind":"x"}'), Rejected)
+
+
+def test_batched_terminal_events_round_trip_and_one_bad_event_rejects_the_message() -> None:
+    sent = [
+        processor.TerminalEvent("transaction", "x1", "term-1", T0, T0),
+        processor.TerminalEvent("label", "x0", "term-2", T0 - 5, T0 + 9, is_fraud=True),
+    ]
+    assert processor.parse_terminal_events(processor.encode_terminal_events(sent)) == sent
+    # A single-event message (the older format) is read as a batch of one.
+    assert processor.parse_terminal_events(sent[0].encode()) == [sent[0]]
+    bad = b'[{"kind":"transaction","transaction_id":"x","terminal_id":"t","transaction_ms":1,'
+    bad += b'"stamp_ms":1},{"kind":"nope"}]'
+    assert isinstance(processor.parse_terminal_events(bad), Rejected)
+    assert isinstance(processor.parse_terminal_events(b"[{"), Rejected)
+    assert isinstance(processor.parse_terminal_events(None), Rejected)

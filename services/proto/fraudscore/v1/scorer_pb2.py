@@ -26,7 +26,7 @@ from services.proto.fraudscore.v1 import transaction_pb2 as fraudscore_dot_v1_do
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66raudscore/v1/scorer.proto\x12\rfraudscore.v1\x1a\x1f\x66raudscore/v1/transaction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x0cScoreRequest\x12/\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1a.fraudscore.v1.Transaction\"A\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xb7\x01\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12)\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x17.fraudscore.v1.Decision\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12&\n\x07reasons\x18\x05 \x03(\x0b\x32\x15.fraudscore.v1.Reason\x12\x15\n\rfallback_used\x18\x06 \x01(\x08\"E\n\x11ScoreBatchRequest\x12\x30\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1a.fraudscore.v1.Transaction\"E\n\x12ScoreBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.fraudscore.v1.ScoreResponse\"\xab\x03\n\x0bScoreRecord\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12)\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x17.fraudscore.v1.Decision\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rfallback_used\x18\x06 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\x12:\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32(.fraudscore.v1.ScoreRecord.FeaturesEntry\x12&\n\x07reasons\x18\t \x03(\x0b\x32\x15.fraudscore.v1.Reason\x12.\n\nevent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tscored_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x02\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x03\x32\xa4\x01\n\x0b\x46raudScorer\x12\x42\n\x05Score\x12\x1b.fraudscore.v1.ScoreRequest\x1a\x1c.fraudscore.v1.ScoreResponse\x12Q\n\nScoreBatch\x12 .fraudscore.v1.ScoreBatchRequest\x1a!.fraudscore.v1.ScoreBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66raudscore/v1/scorer.proto\x12\rfraudscore.v1\x1a\x1f\x66raudscore/v1/transaction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x0cScoreRequest\x12/\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1a.fraudscore.v1.Transaction\"A\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xb7\x01\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12)\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x17.fraudscore.v1.Decision\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12&\n\x07reasons\x18\x05 \x03(\x0b\x32\x15.fraudscore.v1.Reason\x12\x15\n\rfallback_used\x18\x06 \x01(\x08\"E\n\x11ScoreBatchRequest\x12\x30\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1a.fraudscore.v1.Transaction\"E\n\x12ScoreBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.fraudscore.v1.ScoreResponse\"\xf5\x03\n\x0bScoreRecord\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12)\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x17.fraudscore.v1.Decision\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rfallback_used\x18\x06 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\x12:\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32(.fraudscore.v1.ScoreRecord.FeaturesEntry\x12&\n\x07reasons\x18\t \x03(\x0b\x32\x15.fraudscore.v1.Reason\x12.\n\nevent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tscored_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cshadow_score\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x14shadow_model_version\x18\r \x01(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_shadow_score*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x02\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x03\x32\xa4\x01\n\x0b\x46raudScorer\x12\x42\n\x05Score\x12\x1b.fraudscore.v1.ScoreRequest\x1a\x1c.fraudscore.v1.ScoreResponse\x12Q\n\nScoreBatch\x12 .fraudscore.v1.ScoreBatchRequest\x1a!.fraudscore.v1.ScoreBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCORERECORD_FEATURESENTRY']._loaded_options = None
   _globals['_SCORERECORD_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_DECISION']._serialized_start=1001
-  _globals['_DECISION']._serialized_end=1102
+  _globals['_DECISION']._serialized_start=1075
+  _globals['_DECISION']._serialized_end=1176
   _globals['_SCOREREQUEST']._serialized_start=111
   _globals['_SCOREREQUEST']._serialized_end=174
   _globals['_REASON']._serialized_start=176
@@ -48,9 +48,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREBATCHRESPONSE']._serialized_start=500
   _globals['_SCOREBATCHRESPONSE']._serialized_end=569
   _globals['_SCORERECORD']._serialized_start=572
-  _globals['_SCORERECORD']._serialized_end=999
-  _globals['_SCORERECORD_FEATURESENTRY']._serialized_start=952
-  _globals['_SCORERECORD_FEATURESENTRY']._serialized_end=999
-  _globals['_FRAUDSCORER']._serialized_start=1105
-  _globals['_FRAUDSCORER']._serialized_end=1269
+  _globals['_SCORERECORD']._serialized_end=1073
+  _globals['_SCORERECORD_FEATURESENTRY']._serialized_start=1009
+  _globals['_SCORERECORD_FEATURESENTRY']._serialized_end=1056
+  _globals['_FRAUDSCORER']._serialized_start=1179
+  _globals['_FRAUDSCORER']._serialized_end=1343
 # @@protoc_insertion_point(module_scope)

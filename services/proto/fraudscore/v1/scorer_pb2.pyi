@@ -205,6 +205,8 @@ class ScoreRecord(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     SCORED_AT_FIELD_NUMBER: _builtins.int
+    SHADOW_SCORE_FIELD_NUMBER: _builtins.int
+    SHADOW_MODEL_VERSION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     card_id: _builtins.str
     score: _builtins.float
@@ -215,6 +217,12 @@ class ScoreRecord(_message.Message):
     """Why the rules answered (breaker_open, timeout, error, model_not_ready, deadline); empty
     for model scores.
     """
+    shadow_score: _builtins.float
+    """The shadow (challenger) model's score of the same features, set only when a shadow model
+    is configured and scored this transaction off the request path; compare with `score`.
+    """
+    shadow_model_version: _builtins.str
+    """The shadow model's version ("lgbm-<version>"); empty when there is no shadow score."""
     @_builtins.property
     def features(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """The model input computed for the transaction; empty when the feature read failed."""
@@ -239,11 +247,15 @@ class ScoreRecord(_message.Message):
         reasons: _abc.Iterable[Global___Reason] | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         scored_at: _timestamp_pb2.Timestamp | None = ...,
+        shadow_score: _builtins.float | None = ...,
+        shadow_model_version: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "scored_at", b"scored_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shadow_score", b"_shadow_score", "event_time", b"event_time", "scored_at", b"scored_at", "shadow_score", b"shadow_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "decision", b"decision", "event_time", b"event_time", "fallback_reason", b"fallback_reason", "fallback_used", b"fallback_used", "features", b"features", "model_version", b"model_version", "reasons", b"reasons", "score", b"score", "scored_at", b"scored_at", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shadow_score", b"_shadow_score", "card_id", b"card_id", "decision", b"decision", "event_time", b"event_time", "fallback_reason", b"fallback_reason", "fallback_used", b"fallback_used", "features", b"features", "model_version", b"model_version", "reasons", b"reasons", "score", b"score", "scored_at", b"scored_at", "shadow_model_version", b"shadow_model_version", "shadow_score", b"shadow_score", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shadow_score: _TypeAlias = _typing.Literal["shadow_score"]  # noqa: Y015
+    _WhichOneofArgType__shadow_score: _TypeAlias = _typing.Literal["_shadow_score", b"_shadow_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shadow_score) -> _WhichOneofReturnType__shadow_score | None: ...
 
 Global___ScoreRecord: _TypeAlias = ScoreRecord  # noqa: Y015

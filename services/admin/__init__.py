@@ -1,0 +1,1 @@
+"""Administrative one-shots: `fraudctl init`."""
