@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from services.common import feast_repo, kafka
+from services.common import feast_repo, kafka, redis_check
 from services.common.settings import FeastSettings, KafkaSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -37,23 +36,12 @@ class InitResult:
 
 
 def check_redis(settings: RedisSettings) -> None:
-    client = redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        password=settings.password.get_secret_value() if settings.password else None,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_connect_timeout_s,
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
+    error = redis_check.unreachable(settings)
+    if error is not None:
         raise InitError(
-            f"Redis is not answering on {settings.host}:{settings.port} ({exc}); "
+            f"Redis is not answering on {settings.host}:{settings.port} ({error}); "
             "check REDIS_HOST, REDIS_PORT and REDIS_PASSWORD"
-        ) from exc
-    finally:
-        client.close()
+        )
 
 
 def check_kafka(settings: KafkaSettings, timeout_s: float) -> None:

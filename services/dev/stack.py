@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import feast_repo, kafka, offline_store
+from services.common import feast_repo, kafka, offline_store, redis_check
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.settings import (
     FeastSettings,
@@ -40,23 +39,15 @@ class StackError(RuntimeError):
 
 
 def check_redis(settings: RedisSettings) -> None:
-    client = redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        password=settings.password.get_secret_value() if settings.password else None,
-        socket_connect_timeout=2,
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
+    error = redis_check.unreachable(settings)
+    if error is not None:
         raise StackError(
-            f"Redis is not answering on {settings.host}:{settings.port} ({exc}).\n"
+            f"Redis is not answering on {settings.host}:{settings.port} ({error}).\n"
             "Start one, for example:\n"
             "  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' "
             "--appendonly no\n"
             "or point REDIS_HOST/REDIS_PORT at yours."
-        ) from exc
+        )
 
 
 def wait_serving(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,8 +13,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from helpers.stream import Worker
 
 from services.common import feast_repo, features, kafka, offline_store
+from services.common.broker import free_port
 from services.common.features import CardState, Outcome
 from services.common.settings import (
     FeastSettings,
@@ -31,40 +31,6 @@ pytestmark = pytest.mark.integration
 
 T0 = 1_767_225_600_000
 LATENESS_MS = 300_000
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class Worker:
-    """`python -m services.stream` in a subprocess, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.stream"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            pytest.fail(f"worker exited with {self.process.returncode}:\n{self.tail()}")
-
-    def tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture()
@@ -78,18 +44,19 @@ def start_worker(
     workers: list[Worker] = []
 
     def start(**stream_overrides: Any) -> Worker:
+        metrics_port = free_port()
         stream = StreamSettings(
             app_id=f"stream-test-{uuid.uuid4().hex[:8]}",
             data_dir=tmp_path / "stream-data",
             web_port=0,
-            metrics_port=0,
+            metrics_port=metrics_port,
             batch_window_s=0.2,
             **stream_overrides,
         )
         feast = feast_settings.model_copy(update={"work_dir": feature_repo_dir})
         env = {**os.environ, **to_env(fresh_topics, redis_settings, feast, stream)}
         env["PYTHONUNBUFFERED"] = "1"
-        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
+        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log", metrics_port)
         workers.append(worker)
         return worker
 

@@ -8,18 +8,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1 import common_pb2
+from helpers.otlp import Collector, running_collector
+from opentelemetry.sdk.trace import TracerProvider
 
 from services.bench import world
 from services.common import feast_repo, features, telemetry
@@ -47,75 +44,10 @@ def scorer_alive(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
     return check
 
 
-@dataclass(frozen=True)
-class ReceivedSpan:
-    service: str
-    name: str
-    trace_id: bytes
-    span_id: bytes
-    parent_span_id: bytes
-    attributes: dict[str, object]
-
-
-def _value(value: common_pb2.AnyValue) -> object:
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else None
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver keeping every span it is sent."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.spans: list[ReceivedSpan] = []
-
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        received = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    received.append(
-                        ReceivedSpan(
-                            service=str(resource.get("service.name")),
-                            name=span.name,
-                            trace_id=span.trace_id,
-                            span_id=span.span_id,
-                            parent_span_id=span.parent_span_id,
-                            attributes={a.key: _value(a.value) for a in span.attributes},
-                        )
-                    )
-        with self._lock:
-            self.spans.extend(received)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def named(self, name: str) -> list[ReceivedSpan]:
-        with self._lock:
-            return [span for span in self.spans if span.name == name]
-
-    def wait_for(self, name: str, timeout_s: float) -> list[ReceivedSpan]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if found := self.named(name):
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no {name!r} span received in {timeout_s}s: {self.spans}")
-
-
 @pytest.fixture()
 def collector() -> Iterator[tuple[Collector, str]]:
-    """An OTLP/gRPC receiver on 127.0.0.1:<free port>; yields it and its endpoint URL."""
-    servicer = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield servicer, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop(0).wait()
+    with running_collector() as running:
+        yield running
 
 
 def transaction(transaction_id: str, card_id: str) -> transaction_pb2.Transaction:
@@ -205,14 +137,12 @@ def test_fraudctl_serve_exports_score_span_with_feature_fetch_and_predict_childr
     assert_score_trace(received, "scorer-under-test", reply.model_version)
 
 
-def test_in_process_scorer_with_an_explicit_provider_exports_the_score_trace(
-    collector: tuple[Collector, str],
-    feature_repo_dir: Path,
-    tmp_path: Path,
-) -> None:
-    received, endpoint = collector
+def in_process_scorer(
+    service: str, endpoint: str, feature_repo_dir: Path, tmp_path: Path
+) -> tuple[TracerProvider, grpc.Server, int]:
+    """A scorer in this process, on the Feast reader, exporting its spans to `endpoint`."""
     provider = telemetry.build_tracer_provider(
-        "scorer-in-process", TelemetrySettings(exporter_otlp_endpoint=endpoint)
+        service, TelemetrySettings(exporter_otlp_endpoint=endpoint)
     )
     promoted_model(tmp_path / "models")
     reader = FeastFeatureReader(feast_repo.open_store(feature_repo_dir))
@@ -226,6 +156,18 @@ def test_in_process_scorer_with_an_explicit_provider_exports_the_score_trace(
         feature_reader=reader,
         watch_registry=False,
         tracer=provider.get_tracer("tests.tracing"),
+    )
+    return provider, server, port
+
+
+def test_in_process_scorer_with_an_explicit_provider_exports_the_score_trace(
+    collector: tuple[Collector, str],
+    feature_repo_dir: Path,
+    tmp_path: Path,
+) -> None:
+    received, endpoint = collector
+    provider, server, port = in_process_scorer(
+        "scorer-in-process", endpoint, feature_repo_dir, tmp_path
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -252,21 +194,8 @@ def test_a_callers_traceparent_makes_the_score_span_a_child_of_its_trace(
     tmp_path: Path,
 ) -> None:
     received, endpoint = collector
-    provider = telemetry.build_tracer_provider(
-        "scorer-traced-caller", TelemetrySettings(exporter_otlp_endpoint=endpoint)
-    )
-    promoted_model(tmp_path / "models")
-    reader = FeastFeatureReader(feast_repo.open_store(feature_repo_dir))
-    reader.warm_up()
-    settings = ScorerSettings(
-        model_dir=tmp_path / "models", metrics_port=0, max_workers=2, budget_ms=1000
-    )
-    server, port = create_server(
-        "127.0.0.1:0",
-        settings,
-        feature_reader=reader,
-        watch_registry=False,
-        tracer=provider.get_tracer("tests.tracing"),
+    provider, server, port = in_process_scorer(
+        "scorer-traced-caller", endpoint, feature_repo_dir, tmp_path
     )
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     caller_span = "00f067aa0ba902b7"

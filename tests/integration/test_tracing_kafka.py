@@ -6,18 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from confluent_kafka import Consumer, Message
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from helpers.otlp import Collector, running_collector
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -124,64 +120,10 @@ def test_message_without_trace_headers_starts_a_new_trace(
 # --- One trace from the simulator's publish to the stream worker's feature update -------------
 
 
-@dataclass(frozen=True)
-class ReceivedSpan:
-    service: str
-    name: str
-    trace_id: bytes
-    span_id: bytes
-    parent_span_id: bytes
-    links: tuple[tuple[bytes, bytes], ...]
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An in-process OTLP/gRPC trace receiver keeping every span it is sent."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.spans: list[ReceivedSpan] = []
-
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        received = []
-        for resource_spans in request.resource_spans:
-            service = ""
-            for attribute in resource_spans.resource.attributes:
-                if attribute.key == "service.name":
-                    service = attribute.value.string_value
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    received.append(
-                        ReceivedSpan(
-                            service=service,
-                            name=span.name,
-                            trace_id=span.trace_id,
-                            span_id=span.span_id,
-                            parent_span_id=span.parent_span_id,
-                            links=tuple((link.trace_id, link.span_id) for link in span.links),
-                        )
-                    )
-        with self._lock:
-            self.spans.extend(received)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def named(self, name: str) -> list[ReceivedSpan]:
-        with self._lock:
-            return [span for span in self.spans if span.name == name]
-
-
 @pytest.fixture()
 def collector() -> Iterator[tuple[Collector, str]]:
-    servicer = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield servicer, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop(0).wait()
+    with running_collector() as running:
+        yield running
 
 
 def test_one_trace_shows_the_simulator_publish_and_the_stream_feature_update(
