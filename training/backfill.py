@@ -8,11 +8,18 @@ card_state row after every applied transaction, a terminal_state row after every
 terminal (stamped like the stream stamps it), a transaction-log row per transaction, and the
 label log. Optionally each final state goes to the online store, so the scorer has history for
 known cards and terminals at once.
+
+Cards are independent of each other and terminals of each other, so the replay runs in two
+passes split by key over forked worker processes: cards first (a terminal counts only the
+transactions its card counted), then terminals. `tests/integration/test_training_backfill.py`
+checks that any number of workers writes the same rows.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +160,238 @@ def _timeline(transactions: pd.DataFrame, labels: pd.DataFrame | None) -> list[t
     return [(int(kind_all[i]), int(pos_all[i])) for i in order]
 
 
+def _amounts(minor: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """`currency.to_major` of every row, one division per currency instead of per row.
+
+    An integer below 2**53 is exact as a float and IEEE division rounds correctly, as Python's
+    int / int does: the values are bit for bit `to_major`'s.
+    """
+    out = np.empty(len(minor), dtype=np.float64)
+    values = minor.astype(np.float64)
+    for code in pd.unique(codes):
+        # to_major raises UnknownCurrency for a code it does not know, as per row it would.
+        divisor = next(10**e for e in range(10) if currency.to_major(10**e, str(code)) == 1.0)
+        rows = codes == code
+        out[rows] = values[rows] / divisor
+    if len(minor) and np.abs(minor).max() >= 2**53:
+        raise ValueError("amount_minor beyond 2**53 cannot be converted exactly")
+    return out
+
+
+def _shards(keys: pd.Series, n: int) -> np.ndarray:
+    """A shard number per row: rows of one key always share a shard (any fixed rule would do,
+    the output does not depend on it)."""
+    if n == 1:
+        return np.zeros(len(keys), dtype=np.int64)
+    codes, _ = pd.factorize(keys, sort=False)
+    return np.asarray(codes, dtype=np.int64) % n
+
+
+@dataclass
+class _Replay:
+    """What a backfill replays, shared with forked workers by reference (never pickled).
+
+    `ordered` is the transaction log in event-time order (stable), `amounts` its major-unit
+    amounts; `applied` (filled by the card pass) marks the transactions the cards counted,
+    the only ones the terminals count too.
+    """
+
+    repo_dir: Path
+    ordered: pd.DataFrame
+    amounts: np.ndarray
+    labels: pd.DataFrame | None
+    card_shard: np.ndarray
+    terminal_shard: np.ndarray
+    label_shard: np.ndarray | None
+    allowed_lateness_ms: int
+    terminal_allowed_lateness_ms: int
+    keep_states: bool
+    applied: np.ndarray | None = None
+
+
+#: The replay of the running backfill, for forked workers (fork shares it copy-on-write).
+_REPLAY: _Replay | None = None
+
+
+@dataclass
+class _CardResult:
+    #: Positions (in `ordered`) of the shard's transactions the cards counted.
+    applied: np.ndarray
+    counts: dict[features.Outcome, int]
+    cards: int
+    parts: int
+    states: dict[str, features.CardState]
+
+
+@dataclass
+class _TerminalResult:
+    terminals: int
+    changes: int
+    parts: int
+    states: dict[str, features.TerminalState]
+    stamps: dict[str, int]
+
+
+class _PartWriter:
+    """State rows (and transaction-log rows) buffered into part files of about PART_ROWS rows.
+
+    A part is only cut when the replay clock moves on: all states of one millisecond land in
+    the same part, so their same-millisecond stamps (`offline_store`) do not depend on where
+    the parts were cut, and a parallel backfill writes the very rows a serial one writes.
+    """
+
+    def __init__(self, folder: Path, table: Any, tx_folder: Path | None = None) -> None:
+        self._folder = folder
+        self._table = table
+        self._tx_folder = tx_folder
+        self.rows: list[tuple[str, int, dict[str, object]]] = []
+        self.tx_rows: list[tuple[str, str, str, float, int]] = []
+        self.parts = 0
+
+    def tick(self, now_ms: int) -> None:
+        """Called before the replay applies an event at now_ms."""
+        if len(self.rows) >= PART_ROWS and self.rows[-1][1] != now_ms:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            offline_store.write_part(self._folder, self._table(self.rows))
+            self.parts += 1
+            self.rows.clear()
+        if self.tx_rows and self._tx_folder is not None:
+            offline_store.write_part(self._tx_folder, _transactions_table(self.tx_rows))
+            self.parts += 1
+            self.tx_rows.clear()
+
+
+def _fold_cards(replay: _Replay, shard: int) -> _CardResult:
+    """The card pass over one shard of cards: card states and the transaction log."""
+    mine = np.flatnonzero(replay.card_shard == shard)
+    sub = replay.ordered.iloc[mine]
+    writer = _PartWriter(
+        replay.repo_dir / offline_store.CARD_STATE_DIR,
+        offline_store.card_state_table,
+        replay.repo_dir / offline_store.TRANSACTIONS_DIR,
+    )
+    states: dict[str, features.CardState] = {}
+    counts = {outcome: 0 for outcome in features.Outcome}
+    applied: list[int] = []
+    lateness = replay.allowed_lateness_ms
+    rows = zip(
+        mine.tolist(),
+        sub["transaction_id"].astype(str).tolist(),
+        sub["card_id"].astype(str).tolist(),
+        sub["terminal_id"].astype(str).tolist(),
+        replay.amounts[mine].tolist(),
+        sub["event_ms"].to_numpy(np.int64).tolist(),
+        strict=True,
+    )
+    del sub
+    for position, tid, card_id, terminal_id, amount, event_ms in rows:
+        state = states.get(card_id)
+        if state is None:
+            state = states[card_id] = features.CardState()
+        outcome = features.apply_transaction(state, tid, event_ms, amount, lateness, terminal_id)
+        counts[outcome] += 1
+        if outcome is not features.Outcome.APPLIED:
+            continue
+        applied.append(position)
+        writer.tick(event_ms)
+        writer.rows.append((card_id, event_ms, features.to_row(state)))
+        writer.tx_rows.append((tid, card_id, terminal_id, amount, event_ms))
+    writer.flush()
+    return _CardResult(
+        applied=np.asarray(applied, dtype=np.int64),
+        counts=counts,
+        cards=len(states),
+        parts=writer.parts,
+        states=states if replay.keep_states else {},
+    )
+
+
+def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
+    """The terminal pass over one shard of terminals: the counted transactions at their event
+    time and the labels at their reported time (at the same millisecond transactions first)."""
+    assert replay.applied is not None
+    tx_mine = np.flatnonzero(replay.applied & (replay.terminal_shard == shard))
+    txs = replay.ordered.iloc[tx_mine]
+    labels = replay.labels
+    if labels is not None and replay.label_shard is not None:
+        labels = labels.iloc[np.flatnonzero(replay.label_shard == shard)]
+    writer = _PartWriter(
+        replay.repo_dir / offline_store.TERMINAL_STATE_DIR, offline_store.terminal_state_table
+    )
+    terminals: dict[str, features.TerminalState] = {}
+    stamps: dict[str, int] = {}
+    changes = 0
+    tx_columns = list(
+        zip(
+            txs["transaction_id"].astype(str).tolist(),
+            txs["terminal_id"].astype(str).tolist(),
+            txs["event_ms"].to_numpy(np.int64).tolist(),
+            strict=True,
+        )
+    )
+    label_columns: list[tuple[str, str, bool, int, int]] = []
+    if labels is not None and len(labels):
+        label_columns = list(
+            zip(
+                labels["transaction_id"].astype(str).tolist(),
+                labels["terminal_id"].astype(str).tolist(),
+                labels["is_fraud"].astype(bool).tolist(),
+                labels["transaction_ms"].to_numpy(np.int64).tolist(),
+                labels["reported_ms"].to_numpy(np.int64).tolist(),
+                strict=True,
+            )
+        )
+    lateness = replay.terminal_allowed_lateness_ms
+    for kind, position in _timeline(txs, labels):
+        if kind == 1:
+            tid, terminal_id, is_fraud, transaction_ms, stamp_ms = label_columns[position]
+            if not terminal_id:
+                continue
+            state = terminals.get(terminal_id)
+            if state is None:
+                state = terminals[terminal_id] = features.TerminalState()
+            outcome = features.apply_terminal_label(state, tid, transaction_ms, is_fraud)
+        else:
+            tid, terminal_id, stamp_ms = tx_columns[position]
+            if not terminal_id:
+                continue
+            state = terminals.get(terminal_id)
+            if state is None:
+                state = terminals[terminal_id] = features.TerminalState()
+            outcome = features.apply_terminal_transaction(state, tid, stamp_ms, lateness)
+        if outcome is not features.Outcome.APPLIED:
+            continue
+        writer.tick(stamp_ms)
+        writer.rows.append((terminal_id, stamp_ms, features.terminal_to_row(state)))
+        stamps[terminal_id] = stamp_ms
+        changes += 1
+    writer.flush()
+    return _TerminalResult(
+        terminals=len(terminals),
+        changes=changes,
+        parts=writer.parts,
+        states=terminals if replay.keep_states else {},
+        stamps=stamps if replay.keep_states else {},
+    )
+
+
+def _card_task(shard: int) -> _CardResult:
+    assert _REPLAY is not None
+    return _fold_cards(_REPLAY, shard)
+
+
+def _terminal_task(shard: int) -> _TerminalResult:
+    assert _REPLAY is not None
+    return _fold_terminals(_REPLAY, shard)
+
+
+def _default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def backfill(
     repo_dir: Path,
     transactions_df: pd.DataFrame,
@@ -161,6 +400,7 @@ def backfill(
     *,
     online: bool = True,
     terminal_allowed_lateness_ms: int = 3_600_000,
+    workers: int | None = None,
 ) -> BackfillStats:
     """Replay past transactions and labels into the offline store of a prepared repo (and
     online, if asked).
@@ -168,111 +408,86 @@ def backfill(
     `transactions_df` has the simulator's columns (transaction_id, card_id, terminal_id,
     amount_minor, currency, event_ms, ...); `labels_df` its label columns (transaction_id,
     card_id, terminal_id, is_fraud, transaction_ms, reported_ms).
+
+    Cards are independent of each other, and terminals of each other; a terminal counts the
+    transactions its card counted. So the replay is two passes, each split by key over
+    `workers` processes (default: this machine's cores): the cards (card states and the
+    transaction log), then the terminals (their states, from the counted transactions and the
+    labels). The rows written are the same for any number of workers; only the part files
+    they are cut into differ.
     """
+    global _REPLAY
     _require(transactions_df, (*TRANSACTION_COLUMNS, "event_ms"), "transactions")
     if labels_df is not None:
         _require(labels_df, (*LABEL_COLUMNS, "reported_ms"), "labels")
-    ordered = transactions_df.sort_values("event_ms", kind="stable")
-    amounts = [
-        currency.to_major(int(minor), str(code))
-        for minor, code in zip(ordered["amount_minor"], ordered["currency"], strict=True)
-    ]
-    card_dir = repo_dir / offline_store.CARD_STATE_DIR
-    terminal_dir = repo_dir / offline_store.TERMINAL_STATE_DIR
-    tx_dir = repo_dir / offline_store.TRANSACTIONS_DIR
+    n_workers = max(1, workers if workers is not None else _default_workers())
+    ordered = transactions_df.sort_values("event_ms", kind="stable").reset_index(drop=True)
+    has_labels = labels_df is not None and len(labels_df) > 0
+    labels = labels_df.reset_index(drop=True) if labels_df is not None and has_labels else None
+    replay = _Replay(
+        repo_dir=repo_dir,
+        ordered=ordered,
+        amounts=_amounts(
+            ordered["amount_minor"].to_numpy(np.int64), ordered["currency"].astype(str).to_numpy()
+        ),
+        labels=labels,
+        card_shard=_shards(ordered["card_id"].astype(str), n_workers),
+        terminal_shard=np.zeros(0, dtype=np.int64),
+        label_shard=None,
+        allowed_lateness_ms=allowed_lateness_ms,
+        terminal_allowed_lateness_ms=terminal_allowed_lateness_ms,
+        keep_states=online,
+    )
+    # Terminals share one key space across both inputs: shard them together.
+    terminal_keys = ordered["terminal_id"].astype(str)
+    if labels is not None:
+        terminal_keys = pd.concat(
+            [terminal_keys, labels["terminal_id"].astype(str)], ignore_index=True
+        )
+    terminal_shard = _shards(terminal_keys, n_workers)
+    replay.terminal_shard = terminal_shard[: len(ordered)]
+    replay.label_shard = terminal_shard[len(ordered) :] if labels is not None else None
+    del terminal_keys, terminal_shard
 
+    shards = list(range(n_workers))
+    if n_workers == 1:
+        card_results = [_fold_cards(replay, 0)]
+    else:
+        _REPLAY = replay
+        try:
+            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
+                card_results = pool.map(_card_task, shards)
+        finally:
+            _REPLAY = None
+    applied = np.zeros(len(ordered), dtype=bool)
+    for card_result in card_results:
+        applied[card_result.applied] = True
+    replay.applied = applied
+    if n_workers == 1:
+        terminal_results = [_fold_terminals(replay, 0)]
+    else:
+        _REPLAY = replay
+        try:
+            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
+                terminal_results = pool.map(_terminal_task, shards)
+        finally:
+            _REPLAY = None
+
+    counts = {outcome: 0 for outcome in features.Outcome}
     states: dict[str, features.CardState] = {}
+    for card_result in card_results:
+        for outcome, count in card_result.counts.items():
+            counts[outcome] += count
+        states.update(card_result.states)
     terminals: dict[str, features.TerminalState] = {}
     terminal_stamps: dict[str, int] = {}
-    state_rows: list[tuple[str, int, dict[str, object]]] = []
-    terminal_rows: list[tuple[str, int, dict[str, object]]] = []
-    tx_rows: list[tuple[str, str, str, float, int]] = []
-    counts = {outcome: 0 for outcome in features.Outcome}
-    parts = 0
-
-    def flush() -> None:
-        nonlocal parts
-        if state_rows:
-            offline_store.write_part(card_dir, offline_store.card_state_table(state_rows))
-            offline_store.write_part(tx_dir, _transactions_table(tx_rows))
-            parts += 2
-            state_rows.clear()
-            tx_rows.clear()
-        if terminal_rows:
-            offline_store.write_part(
-                terminal_dir, offline_store.terminal_state_table(terminal_rows)
-            )
-            parts += 1
-            terminal_rows.clear()
-
-    def terminal(terminal_id: str) -> features.TerminalState:
-        found = terminals.get(terminal_id)
-        if found is None:
-            found = terminals[terminal_id] = features.TerminalState()
-        return found
-
-    n_changes = [0]
-
-    def changed(terminal_id: str, stamp_ms: int) -> None:
-        row = features.terminal_to_row(terminals[terminal_id])
-        terminal_rows.append((terminal_id, stamp_ms, row))
-        terminal_stamps[terminal_id] = stamp_ms
-        n_changes[0] += 1
-
-    tx_columns = list(
-        zip(
-            ordered["transaction_id"].astype(str),
-            ordered["card_id"].astype(str),
-            ordered["terminal_id"].astype(str),
-            amounts,
-            ordered["event_ms"].astype(np.int64),
-            strict=True,
-        )
-    )
-    label_columns: list[tuple[str, str, bool, int, int]] = []
-    if labels_df is not None and len(labels_df):
-        label_columns = list(
-            zip(
-                labels_df["transaction_id"].astype(str),
-                labels_df["terminal_id"].astype(str),
-                labels_df["is_fraud"].astype(bool),
-                labels_df["transaction_ms"].astype(np.int64),
-                labels_df["reported_ms"].astype(np.int64),
-                strict=True,
-            )
-        )
-    for kind, position in _timeline(ordered, labels_df):
-        if kind == 1:
-            tid, terminal_id, is_fraud, transaction_ms, reported_ms = label_columns[position]
-            if terminal_id:
-                outcome = features.apply_terminal_label(
-                    terminal(terminal_id), tid, int(transaction_ms), bool(is_fraud)
-                )
-                if outcome is features.Outcome.APPLIED:
-                    changed(terminal_id, int(reported_ms))
-            continue
-        tid, card_id, terminal_id, amount, event = tx_columns[position]
-        event_ms = int(event)
-        state = states.get(card_id)
-        if state is None:
-            state = states[card_id] = features.CardState()
-        outcome = features.apply_transaction(
-            state, tid, event_ms, amount, allowed_lateness_ms, terminal_id
-        )
-        counts[outcome] += 1
-        if outcome is not features.Outcome.APPLIED:
-            continue
-        state_rows.append((card_id, event_ms, features.to_row(state)))
-        tx_rows.append((tid, card_id, terminal_id, amount, event_ms))
-        if terminal_id:
-            applied = features.apply_terminal_transaction(
-                terminal(terminal_id), tid, event_ms, terminal_allowed_lateness_ms
-            )
-            if applied is features.Outcome.APPLIED:
-                changed(terminal_id, event_ms)
-        if len(state_rows) + len(terminal_rows) >= PART_ROWS:
-            flush()
-    flush()
+    for terminal_result in terminal_results:
+        terminals.update(terminal_result.states)
+        terminal_stamps.update(terminal_result.stamps)
+    parts = sum(r.parts for r in card_results) + sum(r.parts for r in terminal_results)
+    n_cards = sum(r.cards for r in card_results)
+    n_terminals = sum(r.terminals for r in terminal_results)
+    n_changes = sum(r.changes for r in terminal_results)
 
     n_labels = 0
     if labels_df is not None and len(labels_df):
@@ -289,9 +504,9 @@ def backfill(
         applied=counts[features.Outcome.APPLIED],
         duplicates=counts[features.Outcome.DUPLICATE],
         late=counts[features.Outcome.LATE],
-        cards=len(states),
-        terminals=len(terminals),
-        terminal_changes=n_changes[0],
+        cards=n_cards,
+        terminals=n_terminals,
+        terminal_changes=n_changes,
         labels=n_labels,
         parts=parts,
         online_cards=online_cards,

@@ -68,8 +68,7 @@ def connect(settings: TrainingSettings) -> Iterator[Client]:
 
 def _meta() -> pd.DataFrame:
     columns: dict[str, Any] = {
-        "transaction_id": pd.Series(dtype=object),
-        "card_id": pd.Series(dtype=object),
+        **{name: pd.Series(dtype=dtype) for name, dtype in dataset.ID_DTYPES.items()},
         "event_ms": pd.Series(dtype=np.int64),
     }
     for name in features.FEATURE_NAMES:

@@ -35,8 +35,19 @@ FinishRows = Callable[[pd.DataFrame], tuple[np.ndarray, int, int, int]]
 
 ALL_STATE_COLUMNS: tuple[str, ...] = (*features.STATE_COLUMNS, *features.TERMINAL_STATE_COLUMNS)
 
+#: Rows finished per step where all rows are finished alike (bounds the temporary columns).
+FILL_ROWS = 1_000_000
+
+#: State rows decoded at once when gathering states from a part file.
+GATHER_ROWS = 50_000
+
 #: What `build_dataset` returns, besides FEATURE_NAMES.
 ID_COLUMNS: tuple[str, ...] = ("transaction_id", "card_id", "event_ms")
+#: The dtypes of the string ID_COLUMNS in a dataset.
+ID_DTYPES: dict[str, pd.ArrowDtype] = {
+    "transaction_id": pd.ArrowDtype(pa.string()),
+    "card_id": pd.ArrowDtype(pa.string()),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class DatasetStats:
     cutoff_ms: int
     start_ms: int | None
     end_ms: int | None
+    #: Rows of the skipped period left out (all but the known frauds; see `assemble_rows`).
+    skipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,13 +79,43 @@ def _ms(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def read_transactions(repo_dir: Path) -> pd.DataFrame:
+    """The transaction log; the id columns stay Arrow strings (`pd.ArrowDtype`).
+
+    As Python objects, three id columns of ten million rows took ~3 GB; as Arrow buffers
+    they take a tenth of that, and the joins below use them as Arrow without converting.
+    """
     columns = ["transaction_id", "card_id", "terminal_id", "amount", "event_ms"]
     parts = _read_columns(
         repo_dir / offline_store.TRANSACTIONS_DIR, offline_store.TRANSACTIONS_SCHEMA, columns
     )
-    if not parts:
-        return offline_store.TRANSACTIONS_SCHEMA.empty_table().select(columns).to_pandas()
-    return pa.concat_tables(parts).to_pandas()
+    table = (
+        pa.concat_tables(parts)
+        if parts
+        else offline_store.TRANSACTIONS_SCHEMA.empty_table().select(columns)
+    )
+    return pd.DataFrame(
+        {
+            name: (
+                pd.Series(table[name], dtype=pd.ArrowDtype(pa.string()))
+                if pa.types.is_string(table.schema.field(name).type)
+                else table[name].to_numpy()
+            )
+            for name in columns
+        }
+    )
+
+
+def _arrow_strings(values: pd.Series) -> pa.Array:
+    """An id column as one Arrow string array (zero-copy for an Arrow-backed column)."""
+    array = pa.array(values, type=pa.string(), from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        return array.combine_chunks()
+    return array
+
+
+def _ids(values: pd.Series) -> Any:
+    """An id column's values for a new frame: Arrow-backed stays Arrow-backed (no objects)."""
+    return values.array if isinstance(values.dtype, pd.ArrowDtype) else values.to_numpy()
 
 
 def read_event_ms(repo_dir: Path) -> pd.Series:
@@ -112,12 +155,12 @@ def entity_rows(transactions: pd.DataFrame) -> pd.DataFrame:
     """
     return pd.DataFrame(
         {
-            "card_id": transactions["card_id"].to_numpy(),
-            "terminal_id": transactions["terminal_id"].to_numpy(),
+            "card_id": _ids(transactions["card_id"]),
+            "terminal_id": _ids(transactions["terminal_id"]),
             "event_timestamp": pd.to_datetime(
                 transactions["event_ms"].to_numpy(np.int64) - 1, unit="ms", utc=True
             ),
-            "transaction_id": transactions["transaction_id"].to_numpy(),
+            "transaction_id": _ids(transactions["transaction_id"]),
             "amount": transactions["amount"].to_numpy(np.float64),
             "event_ms": transactions["event_ms"].to_numpy(np.int64),
         }
@@ -184,18 +227,45 @@ def assemble_rows(
     finish_rows: FinishRows,
     start_ms: int | None = None,
     end_ms: int | None = None,
+    skip: tuple[int, int] | None = None,
 ) -> tuple[pd.DataFrame, DatasetStats]:
-    """The dataset from already-loaded logs; `finish_rows` joins and finishes the features."""
+    """The dataset from already-loaded logs; `finish_rows` joins and finishes the features.
+
+    `skip` = [from, to) leaves out that period's rows except those labelled fraud by the
+    cutoff: the handbook split never trains or tests on its delay period, it only needs the
+    frauds in it (the cards known compromised when testing). Its rows were a third of the
+    join and of the memory.
+    """
     n_all = len(transactions)
-    transactions = transactions.drop_duplicates("transaction_id", keep="first")
-    duplicates = n_all - len(transactions)
-    in_window = pd.Series(True, index=transactions.index)
+    reported = fraud_reported_ms(labels, cutoff_ms)
+    keep = ~transactions["transaction_id"].duplicated(keep="first").to_numpy(bool)
+    duplicates = n_all - int(keep.sum())
+    events_all = transactions["event_ms"].to_numpy(np.int64)
     if start_ms is not None:
-        in_window &= transactions["event_ms"] >= start_ms
+        keep &= events_all >= start_ms
     if end_ms is not None:
-        in_window &= transactions["event_ms"] < end_ms
-    picked = transactions[in_window].sort_values(["event_ms", "transaction_id"], kind="stable")
-    del transactions, in_window
+        keep &= events_all < end_ms
+    skipped = 0
+    if skip is not None:
+        in_skip = keep & (events_all >= skip[0]) & (events_all < skip[1])
+        candidates = np.flatnonzero(in_skip)
+        fraud = pc.is_in(
+            _arrow_strings(transactions["transaction_id"]).take(pa.array(candidates)),
+            value_set=pa.array(reported.index.to_numpy(), type=pa.string()),
+        ).to_numpy(zero_copy_only=False)
+        keep[candidates[~fraud]] = False
+        skipped = int((~fraud).sum())
+        del in_skip, candidates, fraud
+    # One gather of the kept rows in (event_ms, transaction_id) order: no intermediate copies.
+    kept = np.flatnonzero(keep)
+    del keep, events_all
+    ids = _arrow_strings(transactions["transaction_id"]).take(pa.array(kept))
+    order = pc.sort_indices(
+        pa.table({"event_ms": transactions["event_ms"].to_numpy(np.int64)[kept], "id": ids}),
+        sort_keys=[("event_ms", "ascending"), ("id", "ascending")],
+    )
+    picked = transactions.iloc[kept[order.to_numpy()]].reset_index(drop=True)
+    del kept, ids, order
     entities = entity_rows(picked)
     del picked
 
@@ -207,10 +277,12 @@ def assemble_rows(
     frame = pd.DataFrame(matrix, columns=list(features.FEATURE_NAMES), copy=False)
     del matrix
     for column in reversed(ID_COLUMNS):
-        frame.insert(0, column, entities[column].to_numpy())
+        values = entities[column]
+        # Ids as Arrow strings whatever the input held (objects, Arrow, Dask's strings): one
+        # dtype for every engine, and no Python object per row.
+        frame.insert(0, column, values.astype(ID_DTYPES.get(column, values.dtype)).array)
     del entities
-    reported = fraud_reported_ms(labels, cutoff_ms)
-    frame["label_reported_ms"] = frame["transaction_id"].map(reported).astype(np.float64)
+    frame["label_reported_ms"] = _reported_ms(frame["transaction_id"], reported)
     frame["label"] = frame["label_reported_ms"].notna().astype(np.int64)
 
     stats = DatasetStats(
@@ -223,11 +295,27 @@ def assemble_rows(
         cutoff_ms=cutoff_ms,
         start_ms=start_ms,
         end_ms=end_ms,
+        skipped=skipped,
     )
     if feast_dropped:
         # Expected where both the card and the terminal are seen for the first time.
         log.info("no state at all for %s of %s entity rows", feast_dropped, len(frame))
     return frame, stats
+
+
+def _reported_ms(transaction_ids: pd.Series, reported: pd.Series) -> np.ndarray:
+    """`transaction_ids.map(reported)` as float64 (NaN where absent), matched in Arrow: a
+    pandas map of an Arrow-backed column goes through Python objects row by row."""
+    out = np.full(len(transaction_ids), np.nan, dtype=np.float64)
+    if len(reported) and len(transaction_ids):
+        where = pc.index_in(
+            _arrow_strings(transaction_ids),
+            value_set=pa.array(reported.index.to_numpy(), type=pa.string()),
+        )
+        found = where.is_valid().to_numpy(zero_copy_only=False)
+        positions = where.drop_null().to_numpy()
+        out[found] = reported.to_numpy(np.float64)[positions]
+    return out
 
 
 def _any_state(joined: pd.DataFrame) -> pd.DataFrame:
@@ -253,6 +341,10 @@ def feast_fetch(repo_dir: Path) -> FetchStates:
         return joined.drop(columns=keys)
 
     def fetch(entities: pd.DataFrame) -> pd.DataFrame:
+        # Feast's joins expect plain object id columns, not Arrow-backed ones.
+        entities = entities.astype(
+            {c: object for c in ("card_id", "terminal_id", "transaction_id")}
+        )
         # One call per view: with both views in one call, Feast drops every entity row that
         # lacks history in *either* view (a new card at a known terminal would lose both).
         cards = view_states(entities, "card_id", feast_repo.feature_refs())
@@ -277,45 +369,43 @@ def _asof_positions(
     keys: pd.Series, stamps: pd.Series, folder: Path, schema: pa.Schema, key: str
 ) -> np.ndarray:
     """Per entity row, the row number (over the dataset's parts in order) of the latest state
-    row of its key stamped at or before its timestamp; -1 when there is none.
+    row of its key stamped at or before its timestamp; -1 when there is none (of several
+    state rows with that key and stamp, the last).
 
     Only keys and timestamps are read here: the states themselves are read part by part later.
-    Keys become shared integer codes, which merge_asof groups by far faster than strings.
+    Keys become shared integer codes and timestamps dense ranks, so (key, time) is one int64
+    and the as-of join one sort and one binary search, in a few int64 arrays (pandas'
+    merge_asof held about ten columns of the entity rows' length at once).
     """
     index = pa.concat_tables(_read_columns(folder, schema, [key, "event_timestamp"]))
-    n_left = len(keys)
-    both = pa.chunked_array(
-        [pa.array(keys.to_numpy(), type=pa.string()), *index[key].chunks], type=pa.string()
-    )
-    codes = pc.dictionary_encode(both.combine_chunks()).indices
-    codes_np = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
-    left = pd.DataFrame(
-        {
-            "_key": codes_np[:n_left],
-            "_ts": stamps.astype("datetime64[us, UTC]").to_numpy(np.int64),
-            "_row": np.arange(n_left, dtype=np.int64),
-        }
-    )
-    right = pd.DataFrame(
-        {
-            "_key": codes_np[n_left:],
-            "_state_ts": _ms_micros(index["event_timestamp"]),
-            "_pos": np.arange(len(index), dtype=np.int64),
-        }
-    )
-    del both, codes, codes_np, index
-    right = right[right["_state_ts"] <= left["_ts"].max()] if len(left) else right
-    joined = pd.merge_asof(
-        left.sort_values("_ts", kind="stable"),
-        right.sort_values("_state_ts", kind="stable"),
-        left_on="_ts",
-        right_on="_state_ts",
-        by="_key",
-        direction="backward",
-        allow_exact_matches=True,
-    )
+    n_left, n_right = len(keys), len(index)
     positions = np.full(n_left, -1, dtype=np.int64)
-    positions[joined["_row"].to_numpy(np.int64)] = joined["_pos"].fillna(-1).to_numpy(np.int64)
+    if not n_left or not n_right:
+        return positions
+    both = pa.chunked_array([_arrow_strings(keys), *index[key].chunks], type=pa.string())
+    codes = np.asarray(
+        pc.dictionary_encode(both.combine_chunks()).indices.to_numpy(zero_copy_only=False),
+        dtype=np.int64,
+    )
+    del both
+    left_ts = stamps.astype("datetime64[us, UTC]").to_numpy(np.int64)
+    times = np.concatenate([left_ts, _ms_micros(index["event_timestamp"])])
+    del index, left_ts
+    # Dense ranks keep the order of the times and make (key, rank) fit one int64.
+    distinct, ranks = np.unique(times, return_inverse=True)
+    base = len(distinct) + 1
+    del times, distinct
+    combined = codes * base + ranks.reshape(-1)
+    del codes, ranks
+    left, right = combined[:n_left], combined[n_left:]
+    # Stable: of equal (key, stamp) state rows the last in file order ends up last.
+    order = np.argsort(right, kind="stable")
+    right_sorted = right[order]
+    found = np.searchsorted(right_sorted, left, side="right") - 1
+    # The greatest (key, time) at or below the row's: a hit only if it is of the same key.
+    hit = np.flatnonzero(found >= 0)
+    hit = hit[right_sorted[found[hit]] // base == left[hit] // base]
+    positions[hit] = order[found[hit]]
     return positions
 
 
@@ -331,19 +421,29 @@ def _gather(
     positions: np.ndarray,
     use: Callable[[pa.Table, np.ndarray], None],
 ) -> None:
-    """Calls use(states, rows) per part file: the state rows `positions` point at in that part
-    (row-aligned with `rows`, the entity rows pointing there). One part in memory at a time."""
+    """Calls use(states, rows) per batch of a part file: the state rows `positions` point at
+    in that batch (row-aligned with `rows`, the entity rows pointing there). One batch of
+    GATHER_ROWS state rows decoded at a time, whatever the size of the part files."""
     order = np.argsort(positions, kind="stable")
     ordered = positions[order]
     start = 0
     for path in _part_files(folder):
-        size = pq.ParquetFile(path).metadata.num_rows
-        lo = np.searchsorted(ordered, start, "left")
-        hi = np.searchsorted(ordered, start + size, "left")
-        if hi > lo:
-            table = pq.read_table(path, columns=list(columns), schema=schema)
-            use(table.take(pa.array(ordered[lo:hi] - start)), order[lo:hi])
-        start += size
+        part = pq.ParquetFile(path)
+        size = part.metadata.num_rows
+        if np.searchsorted(ordered, start + size, "left") > np.searchsorted(ordered, start):
+            for batch in part.iter_batches(batch_size=GATHER_ROWS, columns=list(columns)):
+                lo = np.searchsorted(ordered, start, "left")
+                hi = np.searchsorted(ordered, start + batch.num_rows, "left")
+                if hi > lo:
+                    table = pa.Table.from_batches([batch]).cast(
+                        pa.schema([schema.field(c) for c in columns])
+                    )
+                    use(table.take(pa.array(ordered[lo:hi] - start)), order[lo:hi])
+                start += batch.num_rows
+        else:
+            start += size
+    # Decoded parts leave freed blocks in Arrow's allocator: give them back.
+    pa.default_memory_pool().release_unused()
 
 
 def asof_rows(repo_dir: Path) -> FinishRows:
@@ -364,24 +464,31 @@ def asof_rows(repo_dir: Path) -> FinishRows:
         events = entities["event_ms"].to_numpy(np.int64)
         n = len(entities)
         out = np.empty((n, len(features.FEATURE_NAMES)), dtype=np.float64)
-        finish.fill(out, slice(None), finish.transaction_columns(amounts, events))
         card_schema = offline_store.CARD_STATE_SCHEMA
         terminal_schema = offline_store.TERMINAL_STATE_SCHEMA
         # Every row as if without history first; rows with a state are overwritten below.
-        finish.fill(
-            out,
-            slice(None),
-            finish.card_columns(
-                finish.null_states(card_schema, finish.CARD_COLUMNS, n), amounts, events
-            ),
-        )
-        finish.fill(
-            out,
-            slice(None),
-            finish.terminal_columns(
-                finish.null_states(terminal_schema, finish.TERMINAL_COLUMNS, n), events
-            ),
-        )
+        # In slices: each finishing step holds a few float64 columns of its rows at once.
+        for start in range(0, n, FILL_ROWS):
+            rows = slice(start, min(n, start + FILL_ROWS))
+            size = rows.stop - start
+            finish.fill(out, rows, finish.transaction_columns(amounts[rows], events[rows]))
+            finish.fill(
+                out,
+                rows,
+                finish.card_columns(
+                    finish.null_states(card_schema, finish.CARD_COLUMNS, size),
+                    amounts[rows],
+                    events[rows],
+                ),
+            )
+            finish.fill(
+                out,
+                rows,
+                finish.terminal_columns(
+                    finish.null_states(terminal_schema, finish.TERMINAL_COLUMNS, size),
+                    events[rows],
+                ),
+            )
         timestamps = entities["event_timestamp"]
         cards = _asof_positions(entities["card_id"], timestamps, card_dir, card_schema, "card_id")
         _gather(
@@ -454,24 +561,27 @@ def build_dataset(
     start_ms: int | None = None,
     end_ms: int | None = None,
     engine: str = "asof",
+    skip: tuple[int, int] | None = None,
 ) -> tuple[pd.DataFrame, DatasetStats]:
     """Rows for the logged transactions in [start_ms, end_ms), labels as known at cutoff_ms.
 
     Columns: transaction_id, card_id, event_ms, FEATURE_NAMES, label_reported_ms (when the
     fraud label arrived, NaN if not by the cutoff; lets a split relabel at an earlier cutoff)
     and label. end_ms defaults to just after the cutoff: later transactions were not known.
+    `skip`: see `assemble_rows`.
     """
     if end_ms is None:
         end_ms = cutoff_ms + 1
-    transactions = read_transactions(repo_dir)
     labels = read_labels(repo_dir)
+    # Handed over without a name here: assemble_rows drops the log once it has picked its rows.
     frame, stats = assemble_rows(
-        transactions,
+        read_transactions(repo_dir),
         labels,
         cutoff_ms,
         PIT_ENGINES[engine](repo_dir),
         start_ms=start_ms,
         end_ms=end_ms,
+        skip=skip,
     )
     log.info(
         "dataset: %s rows, %s positives, %s without card history, %s without terminal "

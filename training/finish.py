@@ -19,8 +19,14 @@ import pyarrow.compute as pc
 
 from services.common import features
 from services.common.features import (
+    AMOUNT_CV_WINDOWS,
+    AMOUNT_RATIO_WINDOWS,
     CARD_WINDOWS,
+    DELAYED_TERMINAL_WINDOWS,
+    FRAUD_RECENCY_WINDOW,
     HOUR,
+    LABEL_DELAY_DAYS,
+    TERMINAL_DAY,
     TERMINAL_WINDOWS,
     TERMINALS_WINDOW,
     ZSCORE_WINDOW,
@@ -34,6 +40,7 @@ CARD_COLUMNS: tuple[str, ...] = tuple(
             "last_event_ms",
             *(f"{w.tiles.name}_{part}" for w in CARD_WINDOWS for part in ("idx", "cnt", "amt")),
             f"{ZSCORE_WINDOW.tiles.name}_sq",
+            *(f"{w.tiles.name}_sq" for w in AMOUNT_CV_WINDOWS),
             "h_term_idx",
             "h_term_ids",
         ]
@@ -141,6 +148,11 @@ def card_columns(states: pa.Table, amounts: np.ndarray, events_ms: np.ndarray) -
         out[f"card_count_{window.name}"] = count
         out[f"card_amount_sum_{window.name}"] = round6(total)
         out[f"card_amount_mean_{window.name}"] = _ratio(total, count)
+        if window in AMOUNT_RATIO_WINDOWS:
+            ratio = np.full(len(events_ms), math.nan)
+            spent = (count != 0) & (total > 0)
+            ratio[spent] = round6(amounts[spent] * count[spent] / total[spent])
+            out[f"card_amount_ratio_{window.name}"] = ratio
     valid, last = _present(states, "last_event_ms")
     known = valid & (last != 0)
     since = np.full(len(events_ms), math.nan)
@@ -148,6 +160,20 @@ def card_columns(states: pa.Table, amounts: np.ndarray, events_ms: np.ndarray) -
     out["card_seconds_since_last"] = since
     out[f"card_distinct_terminals_{TERMINALS_WINDOW.name}"] = _distinct_terminals(states, events_ms)
     out[f"card_amount_zscore_{ZSCORE_WINDOW.name}"] = _zscore(states, amounts, events_ms)
+    for window in AMOUNT_CV_WINDOWS:
+        out[f"card_amount_cv_{window.name}"] = _cv(states, window, events_ms)
+    return out
+
+
+def _cv(states: pa.Table, window: Window, events_ms: np.ndarray) -> np.ndarray:
+    count, total, squares = _window_sums(states, "", window, events_ms, ("cnt", "amt", "sq"))
+    out = np.full(len(events_ms), math.nan)
+    some = (count != 0) & (total > 0)
+    mean = total[some] / count[some]
+    variance = squares[some] / count[some] - mean * mean
+    spread = variance > 1e-9 * np.maximum(1.0, mean * mean)
+    rows = np.flatnonzero(some)[spread]
+    out[rows] = round6(np.sqrt(variance[spread]) / mean[spread])
     return out
 
 
@@ -185,7 +211,42 @@ def terminal_columns(states: pa.Table, events_ms: np.ndarray) -> Columns:
         count, frauds = _window_sums(states, "t_", window, events_ms, ("cnt", "fraud"))
         out[f"terminal_count_{window.name}"] = count
         out[f"terminal_risk_{window.name}"] = _ratio(frauds, count)
+        out[f"terminal_known_frauds_{window.name}"] = frauds
+    delayed_ms = events_ms - LABEL_DELAY_DAYS * TERMINAL_DAY.ms
+    for window in DELAYED_TERMINAL_WINDOWS:
+        count, frauds = _window_sums(states, "t_", window, delayed_ms, ("cnt", "fraud"))
+        out[f"terminal_delayed_count_{window.name}"] = count
+        out[f"terminal_delayed_risk_{window.name}"] = _ratio(frauds, count)
+    out["terminal_days_since_last_fraud"], out["terminal_days_since_first_fraud"] = (
+        _days_since_frauds(states, events_ms)
+    )
     return out
+
+
+def _days_since_frauds(states: pa.Table, events_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, days since the latest and the first day tile with a known fraud inside
+    FRAUD_RECENCY_WINDOW; NaN without one."""
+    n = len(events_ms)
+    window = FRAUD_RECENCY_WINDOW
+    name = f"t_{window.tiles.name}"
+    parents, idx = _flat(states[f"{name}_idx"])
+    index = np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)
+    frauds = _numbers(_flat(states[f"{name}_fraud"])[1])
+    current = events_ms // window.tiles.ms
+    row_current = current[parents]
+    inside = (index > row_current - window.n_tiles) & (index <= row_current) & (frauds != 0)
+    rows, days = parents[inside], index[inside]
+    newest = np.full(n, np.iinfo(np.int64).min)
+    oldest = np.full(n, np.iinfo(np.int64).max)
+    np.maximum.at(newest, rows, days)
+    np.minimum.at(oldest, rows, days)
+    last = np.full(n, math.nan)
+    first = np.full(n, math.nan)
+    seen = np.zeros(n, dtype=bool)
+    seen[rows] = True
+    last[seen] = (current[seen] - newest[seen]).astype(np.float64)
+    first[seen] = (current[seen] - oldest[seen]).astype(np.float64)
+    return last, first
 
 
 def null_states(schema: pa.Schema, columns: tuple[str, ...], n: int) -> pa.Table:

@@ -17,6 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
 from services.common import feast_repo, features
 from services.common.model_registry import ModelRecord, ModelRegistry
 from services.common.settings import FeastSettings, RedisSettings, TrainingSettings
@@ -49,6 +53,31 @@ def ensure_repo(
     if force_apply or not (repo_dir / "data" / "registry.db").exists():
         feast_repo.apply(repo_dir)
     return repo_dir
+
+
+def split_dataset(
+    holder: list[pd.DataFrame], window: split.SplitWindow
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(`split.train_set`, `split.eval_set`, rows in the test period) of the dataset in
+    `holder`, which is emptied: the dataset is freed as soon as it is no longer needed.
+
+    The dataset is in event-time order, so the training period is a prefix of it: the training
+    rows are taken from it, then the rest (plus the training period's frauds, which tell
+    `eval_set` the cards already known compromised) replaces the whole before the test rows
+    are taken. At most the dataset and half of it more are in memory at once, instead of the
+    dataset and both splits with their copies.
+    """
+    data = holder.pop()
+    events = data["event_ms"].to_numpy(np.int64)
+    in_test_period = int((events >= window.test_start_ms).sum())
+    if len(events) > 1 and bool((events[1:] < events[:-1]).any()):
+        return split.train_set(data, window), split.eval_set(data, window), in_test_period
+    end = int(np.searchsorted(events, window.train_end_ms, side="left"))
+    train_rows = split.train_set(data.iloc[:end], window)
+    head = data.iloc[:end]
+    rest = pd.concat([head[head["label"].to_numpy() == 1], data.iloc[end:]])
+    del data, head, events
+    return train_rows, split.eval_set(rest, window), in_test_period
 
 
 def _now_ms() -> int:
@@ -100,10 +129,15 @@ def run_training(
         start_ms=window.train_start_ms,
         end_ms=min(window.test_end_ms, cutoff_ms + 1),
         engine=training_settings.pit_engine,
+        # The delay days are neither trained nor tested on: only their frauds are needed.
+        skip=(window.train_end_ms, window.test_start_ms),
     )
-    train_rows = split.train_set(data, window)
-    test_rows = split.eval_set(data, window)
-    in_test_period = int((data["event_ms"] >= window.test_start_ms).sum())
+    # Arrow's allocator keeps what the join freed unless asked to give it back.
+    pa.default_memory_pool().release_unused()
+    # Handed over in a list so that split_dataset holds the only reference and can free it.
+    holder = [data]
+    del data
+    train_rows, test_rows, in_test_period = split_dataset(holder, window)
     test_labels = test_rows["label"]
     if test_labels.empty or test_labels.nunique() < 2:
         raise TrainingError(
@@ -141,6 +175,7 @@ def run_training(
         "window": {**window.as_metadata(), "cutoff_ms": cutoff_ms, "cutoff": split.iso(cutoff_ms)},
         "rows": {
             "dataset": stats.rows,
+            "delay_days_skipped": stats.skipped,
             "train": len(train_rows),
             "train_positives": int(train_rows["label"].sum()),
             "test": len(test_rows),

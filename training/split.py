@@ -103,9 +103,11 @@ def train_set(dataset: pd.DataFrame, window: SplitWindow) -> pd.DataFrame:
     `dataset` carries `label_reported_ms` (when the fraud label arrived, NaN if never), so
     labels can be taken as of an earlier cutoff without a second feature join.
     """
-    rows = dataset[_between(dataset, window.train_start_ms, window.train_end_ms)].copy()
+    # Boolean indexing already copies; a second .copy() doubled the peak memory at 10M rows.
+    rows = dataset[_between(dataset, window.train_start_ms, window.train_end_ms)]
     known = rows["label_reported_ms"].notna() & (rows["label_reported_ms"] <= window.test_start_ms)
-    rows["label"] = known.astype(np.int64)
+    with pd.option_context("mode.chained_assignment", None):
+        rows["label"] = known.astype(np.int64)
     return rows
 
 
@@ -125,4 +127,4 @@ def eval_set(dataset: pd.DataFrame, window: SplitWindow) -> pd.DataFrame:
         parts.append(rows[~rows["card_id"].isin(set(known))])
     if not parts:
         return dataset.iloc[0:0].copy()
-    return pd.concat(parts).copy()
+    return pd.concat(parts)

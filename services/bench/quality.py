@@ -14,7 +14,8 @@ every model:
 Training labels are the final ones for everybody (the handbook's simplification: all labels of
 the training week are known after the delay). Days after the test period are not generated and
 history starts `history_days` before training: no feature of either side looks back further
-than 37 days, so the values are those of a full run.
+than 37 days (both have terminal windows ending 7 days back and 30 days long), so the values
+are those of a full run.
 """
 
 from __future__ import annotations

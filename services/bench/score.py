@@ -35,7 +35,7 @@ def _measure(
     duration_s: float,
     warmup_s: float,
 ) -> LoadResult:
-    from services.scorer.server import build_reader, create_server
+    from services.scorer.server import build_reader, create_server, tune_runtime
 
     settings = ScorerSettings(
         model_dir=model_dir,
@@ -46,6 +46,8 @@ def _measure(
     server, port = create_server(
         "127.0.0.1:0", settings, feature_reader=reader, watch_registry=False
     )
+    # As `serve` does once it is up: the bench measures the server as it runs in production.
+    tune_runtime(settings)
     try:
         spec = LoadSpec(f"127.0.0.1:{port}", rps, duration_s, cards, warmup_s=warmup_s)
         log.info("%s path: %s requests/s for %s s", feature_path, rps, duration_s)

@@ -23,12 +23,9 @@ import logging
 import os
 import platform
 import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +43,7 @@ from services.common.settings import (
     StreamSettings,
     to_env,
 )
+from services.dev.stack import StreamWorker
 from services.proto.fraudscore.v1 import transaction_pb2
 
 log = logging.getLogger(__name__)
@@ -108,50 +106,25 @@ def produce_all(settings: KafkaSettings, messages: list[tuple[bytes, bytes]]) ->
         raise RuntimeError("backlog not fully delivered")
 
 
-class WorkerProcess:
-    """`python -m services.stream` with its /metrics on a port of its own."""
+class WorkerProcess(StreamWorker):
+    """The stream worker of `services.dev.stack`, run from the repo root, its log truncated."""
+
+    _COUNTER = re.compile(
+        r'fraudscore_stream_(events_total|applied_online_total)\{(?:kind|view)="(\w+)"\}'
+    )
 
     def __init__(self, env: dict[str, str], metrics_port: int, log_path: Path) -> None:
-        self.metrics_port = metrics_port
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.stream"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(env, log_path, metrics_port, append=False, cwd=REPO_ROOT)
 
     def counters(self) -> dict[str, float]:
         """The worker's consumed and applied-online counters (empty until /metrics answers)."""
-        if self.process.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"stream worker exited with {self.process.returncode}:\n{tail}")
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return {}
+        self.check_alive()
         out: dict[str, float] = {}
-        pattern = (
-            r'^fraudscore_stream_(events_total|applied_online_total)\{(?:kind|view)="(\w+)"\} '
-            r"(\S+)$"
-        )
-        for match in re.finditer(pattern, text, re.MULTILINE):
-            out[f"{match[1]}:{match[2]}"] = float(match[3])
+        for key, value in (self.metrics() or {}).items():
+            match = self._COUNTER.fullmatch(key)
+            if match is not None:
+                out[f"{match[1]}:{match[2]}"] = value
         return out
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 @dataclass

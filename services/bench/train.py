@@ -211,6 +211,8 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "peak_rss_mb": round(peak.peak_bytes / 2**20, 1),
         "cores": len(os.sched_getaffinity(0)),
         "dataset_rows": int(result.metadata["rows"]["dataset"]),
+        # The delay days' rows the dataset leaves out (all but their frauds).
+        "dataset_skipped": int(result.metadata["rows"]["delay_days_skipped"]),
         "auc_roc": round(float(result.metrics["auc_roc"]), 4),
         "model_version": result.version,
     }

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from operator import itemgetter
 from typing import Any
 
 
@@ -56,8 +57,15 @@ MINUTE = TileSpec("m", 60, 60)
 HOUR = TileSpec("h", 3600, 24)
 DAY = TileSpec("d", 86400, 31)
 TILE_SPECS: tuple[TileSpec, ...] = (MINUTE, HOUR, DAY)
+#: Days after which most fraud labels of a transaction have arrived (the handbook's delay
+#: period; the simulator's chargebacks: median ~8 days). Terminal risk over transactions at least
+#: this old is not diluted by the recent ones whose labels are still on their way.
+LABEL_DELAY_DAYS = 7
+#: Terminal day tiles reach back over the delayed 30-day window, (t - 37 d, t - 7 d], plus the
+#: current day.
+TERMINAL_DAY = TileSpec("d", 86400, LABEL_DELAY_DAYS + 30 + 1)
 #: Terminals need no minute resolution: their shortest window is a day.
-TERMINAL_TILE_SPECS: tuple[TileSpec, ...] = (HOUR, DAY)
+TERMINAL_TILE_SPECS: tuple[TileSpec, ...] = (HOUR, TERMINAL_DAY)
 
 CARD_WINDOWS: tuple[Window, ...] = (
     Window("10m", 600, MINUTE),
@@ -77,9 +85,23 @@ MAX_TERMINALS_PER_TILE = 32
 
 TERMINAL_WINDOWS: tuple[Window, ...] = (
     Window("1d", 86400, HOUR),
-    Window("7d", 7 * 86400, DAY),
-    Window("30d", 30 * 86400, DAY),
+    Window("7d", 7 * 86400, TERMINAL_DAY),
+    Window("30d", 30 * 86400, TERMINAL_DAY),
 )
+#: Windows ending LABEL_DELAY_DAYS before the read: (t - delay - w, t - delay] in day tiles.
+DELAYED_TERMINAL_WINDOWS: tuple[Window, ...] = (
+    Window("1d", 86400, TERMINAL_DAY),
+    Window("7d", 7 * 86400, TERMINAL_DAY),
+    Window("30d", 30 * 86400, TERMINAL_DAY),
+)
+#: The window in which the terminal's first and latest known frauds are looked for (a
+#: compromised terminal stays compromised for weeks, so how long ago its frauds started matters).
+FRAUD_RECENCY_WINDOW = TERMINAL_WINDOWS[-1]
+#: Card windows whose mean amount the transaction's amount is compared with.
+AMOUNT_RATIO_WINDOWS: tuple[Window, ...] = CARD_WINDOWS[2:]
+#: Card windows of the amounts' coefficient of variation: a card whose spend mixes its usual
+#: amounts with much larger ones (a compromised card) spreads far more than its usual ~0.5.
+AMOUNT_CV_WINDOWS: tuple[Window, ...] = CARD_WINDOWS[3:]
 
 #: Transaction-intrinsic inputs (from the request itself, no history).
 TRANSACTION_FEATURES: tuple[str, ...] = ("amount", "hour_of_day", "is_weekend", "is_night")
@@ -91,11 +113,21 @@ CARD_FEATURES: tuple[str, ...] = (
     *(f"card_amount_mean_{w.name}" for w in CARD_WINDOWS),
     f"card_distinct_terminals_{TERMINALS_WINDOW.name}",
     f"card_amount_zscore_{ZSCORE_WINDOW.name}",
+    *(f"card_amount_ratio_{w.name}" for w in AMOUNT_RATIO_WINDOWS),
+    *(f"card_amount_cv_{w.name}" for w in AMOUNT_CV_WINDOWS),
 )
 
 #: Terminal (merchant) history: volume, and risk from labels known at read time.
 TERMINAL_FEATURES: tuple[str, ...] = (
     *(f"terminal_{stat}_{w.name}" for w in TERMINAL_WINDOWS for stat in ("count", "risk")),
+    *(f"terminal_known_frauds_{w.name}" for w in TERMINAL_WINDOWS),
+    *(
+        f"terminal_delayed_{stat}_{w.name}"
+        for w in DELAYED_TERMINAL_WINDOWS
+        for stat in ("count", "risk")
+    ),
+    "terminal_days_since_last_fraud",
+    "terminal_days_since_first_fraud",
 )
 
 #: The model's input, in order. A model artifact records this list; the scorer checks it.
@@ -132,6 +164,19 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
     "card_distinct_terminals_24h": "distinct terminals the card paid at in the last 24 hours",
     "card_amount_zscore_30d": "amount unusual for the card (deviation from its 30-day mean)",
     **{
+        f"card_amount_ratio_{w.name}": (
+            f"amount relative to the card's mean amount in the last {_WINDOW_WORDS[w.name]}"
+        )
+        for w in AMOUNT_RATIO_WINDOWS
+    },
+    **{
+        f"card_amount_cv_{w.name}": (
+            f"spread of the card's amounts in the last {_WINDOW_WORDS[w.name]} "
+            "(standard deviation / mean)"
+        )
+        for w in AMOUNT_CV_WINDOWS
+    },
+    **{
         f"terminal_count_{w.name}": f"terminal transactions in the last {_WINDOW_WORDS[w.name]}"
         for w in TERMINAL_WINDOWS
     },
@@ -141,6 +186,30 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
         )
         for w in TERMINAL_WINDOWS
     },
+    **{
+        f"terminal_known_frauds_{w.name}": (
+            f"known frauds at the terminal in the last {_WINDOW_WORDS[w.name]}"
+        )
+        for w in TERMINAL_WINDOWS
+    },
+    **{
+        f"terminal_delayed_count_{w.name}": (
+            f"terminal transactions in the {_WINDOW_WORDS[w.name]} ending "
+            f"{LABEL_DELAY_DAYS} days ago"
+        )
+        for w in DELAYED_TERMINAL_WINDOWS
+    },
+    **{
+        f"terminal_delayed_risk_{w.name}": (
+            f"terminal's known fraud share in the {_WINDOW_WORDS[w.name]} ending "
+            f"{LABEL_DELAY_DAYS} days ago"
+        )
+        for w in DELAYED_TERMINAL_WINDOWS
+    },
+    "terminal_days_since_last_fraud": "days since the terminal's latest known fraud",
+    "terminal_days_since_first_fraud": (
+        "days since the terminal's first known fraud of the last 30 days"
+    ),
 }
 
 
@@ -176,10 +245,13 @@ class CardState:
     recent: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> CardState:
+        """An independent state. Shallow: `apply_transaction` replaces a tile's list instead of
+        changing it, so sharing the lists is safe, and the stream copies every touched card once
+        per batch (copying each list was a third of its fold)."""
         return CardState(
             last_event_ms=self.last_event_ms,
-            tiles={name: _copy_lists(t) for name, t in self.tiles.items()},
-            terminals=_copy_lists(self.terminals),
+            tiles={name: dict(t) for name, t in self.tiles.items()},
+            terminals=dict(self.terminals),
             recent=dict(self.recent),
         )
 
@@ -228,15 +300,24 @@ def apply_transaction(
         return Outcome.DUPLICATE
     if state.last_event_ms and event_ms < state.last_event_ms - allowed_lateness_ms:
         return Outcome.LATE
+    # New lists, never changes in place: copies of the state share the old ones (`copy`).
+    square = amount * amount
     for spec in TILE_SPECS:
-        tile = state.tiles[spec.name].setdefault(event_ms // spec.ms, [0, 0.0, 0.0])
-        tile[0] += 1
-        tile[1] += amount
-        tile[2] += amount * amount
+        by_idx = state.tiles[spec.name]
+        idx = event_ms // spec.ms
+        tile = by_idx.get(idx)
+        if tile is None:
+            # 0.0 + x: the sums are floats even for integer amounts, as they always were.
+            by_idx[idx] = [1, 0.0 + amount, 0.0 + square]
+        else:
+            by_idx[idx] = [tile[0] + 1, tile[1] + amount, tile[2] + square]
     if terminal_id:
-        seen = state.terminals.setdefault(event_ms // HOUR.ms, [])
-        if terminal_id not in seen and len(seen) < MAX_TERMINALS_PER_TILE:
-            seen.append(terminal_id)
+        hour = event_ms // HOUR.ms
+        seen = state.terminals.get(hour)
+        if seen is None:
+            state.terminals[hour] = [terminal_id]
+        elif terminal_id not in seen and len(seen) < MAX_TERMINALS_PER_TILE:
+            state.terminals[hour] = [*seen, terminal_id]
     state.recent[transaction_id] = event_ms
     if event_ms > state.last_event_ms:
         state.last_event_ms = event_ms
@@ -288,9 +369,9 @@ def apply_terminal_transaction(
         state.last_event_ms = event_ms
         state.recent = _expire_ids(state.recent, event_ms - allowed_lateness_ms)
         _prune_tiles(state.tiles, TERMINAL_TILE_SPECS, event_ms)
-        # Kept: ms // DAY.ms > oldest_day, i.e. ms >= (oldest_day + 1) * DAY.ms.
-        oldest_day = event_ms // DAY.ms - DAY.keep
-        state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * DAY.ms)
+        # Kept: ms // day > oldest_day, i.e. ms >= (oldest_day + 1) * day.
+        oldest_day = event_ms // TERMINAL_DAY.ms - TERMINAL_DAY.keep
+        state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * TERMINAL_DAY.ms)
     return Outcome.APPLIED
 
 
@@ -308,7 +389,8 @@ def apply_terminal_label(
         return Outcome.IGNORED
     if transaction_id in state.frauds:
         return Outcome.DUPLICATE
-    if state.last_event_ms and transaction_ms // DAY.ms <= state.last_event_ms // DAY.ms - DAY.keep:
+    last_day = state.last_event_ms // TERMINAL_DAY.ms
+    if state.last_event_ms and transaction_ms // TERMINAL_DAY.ms <= last_day - TERMINAL_DAY.keep:
         return Outcome.LATE
     for spec in TERMINAL_TILE_SPECS:
         idx = transaction_ms // spec.ms
@@ -383,11 +465,49 @@ def amount_zscore(state: CardState | None, amount: float, now_ms: int) -> float:
     return round((amount - mean) / math.sqrt(variance), 6)
 
 
+def amount_ratios(state: CardState | None, amount: float, now_ms: int) -> dict[str, float]:
+    """`amount` over the card's mean amount in each AMOUNT_RATIO_WINDOWS window.
+
+    NaN when the window holds no spend: there is no mean to compare with.
+    """
+    out: dict[str, float] = {}
+    for window in AMOUNT_RATIO_WINDOWS:
+        count, total = 0.0, 0.0
+        if state is not None:
+            count, total = _window_sums(state.tiles, window, now_ms, 2)
+        # amount * count / total, not amount / mean: the columnar twin computes the same floats.
+        ratio = round(amount * count / total, 6) if count and total > 0 else math.nan
+        out[f"card_amount_ratio_{window.name}"] = ratio
+    return out
+
+
+def amount_cvs(state: CardState | None, now_ms: int) -> dict[str, float]:
+    """Standard deviation / mean of the card's amounts in each AMOUNT_CV_WINDOWS window.
+
+    NaN without spend or without spread (same rule as `amount_zscore`).
+    """
+    out: dict[str, float] = {}
+    for window in AMOUNT_CV_WINDOWS:
+        cv = math.nan
+        if state is not None:
+            count, total, squares = _window_sums(state.tiles, window, now_ms, 3)
+            if count and total > 0:
+                mean = total / count
+                variance = squares / count - mean * mean
+                if variance > 1e-9 * max(1.0, mean * mean):
+                    cv = round(math.sqrt(variance) / mean, 6)
+        out[f"card_amount_cv_{window.name}"] = cv
+    return out
+
+
 def terminal_features(state: TerminalState | None, now_ms: int) -> dict[str, float]:
-    """The terminal's volume and known fraud share as of `now_ms`.
+    """The terminal's volume and known frauds as of `now_ms`.
 
     Risk is frauds known now among the window's transactions / those transactions; NaN for a
-    window without transactions.
+    window without transactions. The recent windows' risk is diluted by transactions whose
+    labels have not arrived yet; the delayed windows, ending LABEL_DELAY_DAYS ago, mostly hold
+    transactions whose labels have. Days since the first / latest known fraud (by transaction
+    day, within FRAUD_RECENCY_WINDOW) are NaN when the window holds no known fraud.
     """
     out: dict[str, float] = {}
     for window in TERMINAL_WINDOWS:
@@ -396,6 +516,29 @@ def terminal_features(state: TerminalState | None, now_ms: int) -> dict[str, flo
             count, frauds = _window_sums(state.tiles, window, now_ms, 2)
         out[f"terminal_count_{window.name}"] = count
         out[f"terminal_risk_{window.name}"] = round(frauds / count, 6) if count else math.nan
+        out[f"terminal_known_frauds_{window.name}"] = frauds
+    delay_ms = LABEL_DELAY_DAYS * TERMINAL_DAY.ms
+    for window in DELAYED_TERMINAL_WINDOWS:
+        count, frauds = 0.0, 0.0
+        if state is not None:
+            count, frauds = _window_sums(state.tiles, window, now_ms - delay_ms, 2)
+        out[f"terminal_delayed_count_{window.name}"] = count
+        out[f"terminal_delayed_risk_{window.name}"] = (
+            round(frauds / count, 6) if count else math.nan
+        )
+    last, first = math.nan, math.nan
+    if state is not None:
+        spec = FRAUD_RECENCY_WINDOW.tiles
+        current = now_ms // spec.ms
+        days = [
+            idx
+            for idx, values in state.tiles[spec.name].items()
+            if values[1] and current - FRAUD_RECENCY_WINDOW.n_tiles < idx <= current
+        ]
+        if days:
+            last, first = float(current - max(days)), float(current - min(days))
+    out["terminal_days_since_last_fraud"] = last
+    out["terminal_days_since_first_fraud"] = first
     return out
 
 
@@ -425,6 +568,8 @@ def all_features(
         **transaction_features(amount, event_ms),
         **card_features(state, event_ms),
         f"card_amount_zscore_{ZSCORE_WINDOW.name}": amount_zscore(state, amount, event_ms),
+        **amount_ratios(state, amount, event_ms),
+        **amount_cvs(state, event_ms),
         **terminal_features(terminal, event_ms),
     }
 
@@ -464,6 +609,9 @@ _TERMINAL_COLUMN_NAMES = {
 }
 
 
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
 def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list[Any]]:
     """[indices, first values, second values, ...] of the tiles in index order."""
     idx = sorted(tiles)
@@ -476,12 +624,16 @@ def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list
 def to_row(state: CardState) -> dict[str, Any]:
     row: dict[str, Any] = {"last_event_ms": state.last_event_ms}
     for spec in TILE_SPECS:
-        idx, cnt, amt, sq = _tile_columns(state.tiles[spec.name], 3)
+        tiles = state.tiles[spec.name]
+        idx = sorted(tiles)
+        values = list(map(tiles.__getitem__, idx))
         k_idx, k_cnt, k_amt, k_sq = _CARD_COLUMN_NAMES[spec.name]
         row[k_idx] = idx
-        row[k_cnt] = list(map(int, cnt))
-        row[k_amt] = list(map(float, amt))
-        row[k_sq] = list(map(float, sq))
+        # Sums are floats from the start ([0, 0.0, 0.0] and `from_row`); counts may be floats
+        # in states built elsewhere, and the store's column is Int64.
+        row[k_cnt] = list(map(int, map(_FIRST, values)))
+        row[k_amt] = list(map(_SECOND, values))
+        row[k_sq] = list(map(_THIRD, values))
     # Flattened (hour, terminal) pairs: Feast has no nested arrays.
     term_idx: list[int] = []
     term_ids: list[str] = []

@@ -46,6 +46,13 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def version_order(version: str) -> tuple[str, int, str]:
+    """Sort key of a version in creation order: its timestamp, then its collision counter as a
+    number (as text `-10` sorts before `-9`). Names of another shape sort by their text."""
+    stamp, _, counter = version.partition("-")
+    return (stamp, int(counter), "") if counter.isdigit() else (stamp, -1, counter)
+
+
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -54,7 +61,8 @@ class ModelRegistry:
         self.history_file = root / "history.jsonl"
 
     def new_version(self) -> str:
-        """Sortable and unique: UTC timestamp plus a counter on collision."""
+        """Unique, and in creation order under `version_order`: UTC timestamp plus a counter on
+        collision."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         version = stamp
         n = 1
@@ -84,11 +92,13 @@ class ModelRegistry:
         return ModelRecord(version, directory, json.loads(meta_path.read_text()))
 
     def versions(self) -> list[str]:
+        """Every registered version, oldest first (see `version_order`)."""
         if not self.versions_dir.exists():
             return []
-        return sorted(
+        names = [
             p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        ]
+        return sorted(names, key=version_order)
 
     def champion_version(self) -> str | None:
         try:

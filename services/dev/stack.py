@@ -13,12 +13,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic_settings import BaseSettings
 
 from services.common import feast_repo, kafka, offline_store, redis_check
 from services.common.broker import EmbeddedBroker, free_port
@@ -36,6 +39,153 @@ log = logging.getLogger(__name__)
 
 class StackError(RuntimeError):
     pass
+
+
+class ServiceExited(StackError):
+    """A child service is gone; the message carries the end of its log."""
+
+
+def child_env(*sections: BaseSettings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a child service runs with: `environ` (default: ours) plus `sections`."""
+    env = dict(os.environ if environ is None else environ)
+    env.update(to_env(*sections))
+    # Unbuffered: the last lines before a crash reach the log file.
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ServiceProcess:
+    """`python -m <module>`, started at once, configured only through `env` (as in a
+    container), its stdout and stderr in `log_path` (appended to, or truncated first)."""
+
+    #: What `check_alive` raises; test helpers make it an AssertionError.
+    exited_error: ClassVar[type[Exception]] = ServiceExited
+
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        name: str | None = None,
+        append: bool = True,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name or module
+        self.log_path = log_path
+        self._log = log_path.open("ab" if append else "wb")
+        log.info("starting %s (log: %s)", self.name, log_path)
+        try:
+            self.process: subprocess.Popen[bytes] = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=dict(env),
+                cwd=cwd,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, chars: int = 4000) -> str:
+        """The end of the log ('' before the process wrote anything)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def check_alive(self) -> None:
+        """Raise `exited_error` with the end of the log if the process is gone."""
+        if not self.alive():
+            raise self.exited_error(
+                f"{self.name} exited with code {self.process.returncode}; "
+                f"end of {self.log_path}:\n{self.tail()}"
+            )
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (a graceful stop: offsets committed, buffers flushed), SIGKILL after
+        `timeout_s`; the exit code."""
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM in %ss; killing it", self.name, timeout_s)
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no graceful stop, no offset commit, no flush."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()
+
+
+def sample_key(name: str, **labels: str) -> str:
+    """A Prometheus sample's `name{label="value",...}` as prometheus_client's text exposition
+    writes it: labels sorted by name, whatever order they were declared in."""
+    if not labels:
+        return name
+    inner = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    return f"{name}{{{inner}}}"
+
+
+def parse_metrics(body: str) -> dict[str, float]:
+    """Prometheus text exposition (no timestamps, as prometheus_client writes it) as
+    `sample_key` -> value."""
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+class StreamWorker(ServiceProcess):
+    """`python -m services.stream` with its Prometheus /metrics on `metrics_port` (0: none)."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        metrics_port: int,
+        *,
+        append: bool = True,
+        cwd: Path | None = None,
+    ) -> None:
+        self.metrics_port = metrics_port
+        super().__init__(
+            "services.stream", env, log_path, name="stream worker", append=append, cwd=cwd
+        )
+
+    def metrics(self) -> dict[str, float] | None:
+        """Every sample as `sample_key` -> value; None while the endpoint does not answer."""
+        if self.metrics_port <= 0:
+            return None
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return parse_metrics(response.read().decode())
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample (0 when absent or while the endpoint does not answer)."""
+        return (self.metrics() or {}).get(sample_key(name, **labels), 0.0)
 
 
 def check_redis(settings: RedisSettings) -> None:
@@ -103,7 +253,7 @@ class LocalStack:
     stream: StreamSettings = field(default_factory=StreamSettings)
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     broker: EmbeddedBroker | None = None
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
     repo_dir: Path | None = None
 
     def start_infrastructure(self) -> None:
@@ -123,39 +273,27 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """The environment a child service runs with."""
-        child = dict(os.environ)
-        child.update(to_env(self.kafka, self.redis, self.feast, self.stream, self.scorer))
-        child["PYTHONUNBUFFERED"] = "1"
-        return child
+        return child_env(self.kafka, self.redis, self.feast, self.stream, self.scorer)
 
-    def start_stream(self) -> None:
-        self._spawn("stream", [sys.executable, "-m", "services.stream"])
+    def start_stream(self) -> StreamWorker:
+        worker = StreamWorker(self.env(), self.run_dir / "stream.log", self.stream.metrics_port)
+        self.processes["stream"] = worker
+        return worker
 
     def start_scorer(self, wait_s: float = 90.0, require_model: bool = True) -> str:
         if self.scorer.address.endswith(":0"):
             self.scorer = self.scorer.model_copy(update={"address": f"127.0.0.1:{free_port()}"})
-        self._spawn("scorer", [sys.executable, "-m", "services.scorer"])
+        self.processes["scorer"] = ServiceProcess(
+            "services.scorer", self.env(), self.run_dir / "scorer.log", name="scorer"
+        )
         address = self.scorer.address.replace("[::]", "127.0.0.1")
         wait_serving(address, wait_s, require_model, alive=self.check_alive)
         log.info("scorer serving on %s", address)
         return address
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        logfile = (self.run_dir / f"{name}.log").open("ab")
-        log.info("starting %s (log: %s)", name, self.run_dir / f"{name}.log")
-        self.processes[name] = subprocess.Popen(
-            cmd, env=self.env(), stdout=logfile, stderr=subprocess.STDOUT
-        )
-
     def check_alive(self) -> None:
-        for name, proc in self.processes.items():
-            if proc.poll() is not None:
-                logfile = self.run_dir / f"{name}.log"
-                lines = logfile.read_text(errors="replace").splitlines() if logfile.exists() else []
-                tail = "\n".join(lines[-20:])
-                raise StackError(
-                    f"{name} exited with code {proc.returncode}; last lines of {logfile}:\n{tail}"
-                )
+        for service in self.processes.values():
+            service.check_alive()
 
     def offline_rows(self, dataset: Path) -> int:
         """Rows the stream has written to one offline dataset (parquet footers only)."""
@@ -193,15 +331,8 @@ class LocalStack:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        for name, proc in reversed(list(self.processes.items())):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop on SIGTERM; killing it", name)
-                    proc.kill()
-                    proc.wait()
+        for service in reversed(list(self.processes.values())):
+            service.stop(timeout_s=15)
         self.processes.clear()
         if self.broker is not None:
             self.broker.stop()

@@ -28,6 +28,7 @@ from services.common.settings import (
     TelemetrySettings,
 )
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc
+from services.scorer import runtime
 from services.scorer.breaker import GuardedPath
 from services.scorer.interceptors import BearerTokenInterceptor, DomainErrorInterceptor
 from services.scorer.metrics import ScorerMetrics
@@ -225,6 +226,13 @@ def server_credentials(settings: ScorerSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
 
 
+def tune_runtime(settings: ScorerSettings) -> None:
+    """Interpreter settings for serving, applied once start-up is done (`runtime`)."""
+    runtime.set_switch_interval(settings.gil_switch_interval_s)
+    if settings.gc_freeze:
+        runtime.settle_heap()
+
+
 def build_reader(settings: ScorerSettings, store: Any) -> FeatureReader:
     """The card-state reader `settings.feature_path` asks for, warmed up."""
     from services.scorer.online_features import FeastFeatureReader
@@ -300,6 +308,7 @@ def serve(
         if publisher is not None:
             publisher.close(0)
         return 1
+    tune_runtime(settings)
     while not stop.wait(1.0):
         pass
     server.stop(settings.shutdown_grace_s).wait()

@@ -45,8 +45,9 @@ def registry_loader(
         wanted: str | None = version
         if version == LATEST:
             champion = registry.champion_version()
+            # `versions()` is in creation order; the text order is not (`-10` < `-9`).
             others = [v for v in registry.versions() if v != champion]
-            wanted = max(others) if others else None
+            wanted = others[-1] if others else None
         if wanted is None:
             return None
         if wanted not in cache:

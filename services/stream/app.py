@@ -10,7 +10,7 @@ import faust
 
 from services.common import feast_repo, kafka, telemetry
 from services.common.settings import FeastSettings, KafkaSettings, RedisSettings, StreamSettings
-from services.stream import agents, metrics
+from services.stream import agents, metrics, transport
 from services.stream.processor import CachedCard, CachedTerminal, StateCache
 from services.stream.sink import FeastSink
 
@@ -60,7 +60,13 @@ def make_app(
 
     `terminal_partitions`: of the internal terminal-events topic (default: asked from Kafka).
     """
-    app = faust.App(
+    consumer_transport = transport.transport_class(stream_settings.fetch_max_wait_ms)
+
+    class App(faust.App):
+        def _new_transport(self) -> faust.types.TransportT:
+            return consumer_transport(self.conf.broker_consumer, self)
+
+    app = App(
         stream_settings.app_id,
         broker=broker_urls(kafka_settings),
         broker_credentials=_credentials(kafka_settings),

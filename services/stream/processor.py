@@ -392,7 +392,8 @@ class TerminalBatchResult:
 
     #: Final state of every terminal that had at least one APPLIED event.
     states: dict[str, TerminalState] = field(default_factory=dict)
-    #: (terminal_id, stamp_ms, features.terminal_to_row(state after it)) per APPLIED event.
+    #: (terminal_id, stamp_ms, features.terminal_to_row(state after it)) per APPLIED event;
+    #: only each terminal's last row here carries the dedup ids (see `fold_terminal_batch`).
     state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
 
@@ -419,7 +420,14 @@ def fold_terminal_batch(
     states: Mapping[str, TerminalState | None],
     allowed_lateness_ms: int,
 ) -> TerminalBatchResult:
-    """Apply a batch to copies of the terminals' states, per terminal in time order."""
+    """Apply a batch to copies of the terminals' states, per terminal in time order.
+
+    History rows before a terminal's last one in the batch leave the dedup columns
+    (`t_recent_*`, `t_fraud_*`) empty: a busy terminal holds thousands of ids, writing them
+    per event made the history quadratic, and nothing reads them from history rows (training
+    reads the tiles; the online row and the newest history row of each terminal, the one a
+    rebuild of the online store would take, are complete).
+    """
     grouped: dict[str, list[TerminalEvent]] = {}
     for event in terminal_events:
         grouped.setdefault(event.terminal_id, []).append(event)
@@ -428,14 +436,18 @@ def fold_terminal_batch(
         events_of.sort(key=TerminalEvent.order)
         current = states.get(terminal_id)
         state = current.copy() if current is not None else TerminalState()
-        changed = False
+        rows: list[tuple[str, int, dict[str, object]]] = []
         for event in events_of:
             outcome = fold_terminal_event(state, event, allowed_lateness_ms)
             result.outcomes[outcome] += 1
             if outcome is not Outcome.APPLIED:
                 continue
-            changed = True
-            result.state_rows.append((terminal_id, event.stamp_ms, features.terminal_to_row(state)))
-        if changed:
+            tiles_only = TerminalState(last_event_ms=state.last_event_ms, tiles=state.tiles)
+            rows.append((terminal_id, event.stamp_ms, features.terminal_to_row(tiles_only)))
+        if rows:
+            # Events that are not APPLIED change nothing: the final state is the state after
+            # the last applied one.
+            rows[-1] = (terminal_id, rows[-1][1], features.terminal_to_row(state))
+            result.state_rows.extend(rows)
             result.states[terminal_id] = state
     return result

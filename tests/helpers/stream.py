@@ -8,13 +8,8 @@ terminal: the same code the worker runs, without Kafka, batching, caches or rest
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +26,8 @@ from services.common.settings import (
     KafkaSettings,
     RedisSettings,
     StreamSettings,
-    to_env,
 )
+from services.dev.stack import StreamWorker, child_env
 from services.proto.fraudscore.v1 import transaction_pb2
 from services.scorer.redis_reader import FastFeatureReader
 
@@ -45,75 +40,14 @@ class WorkerDied(AssertionError):
     pass
 
 
-class Worker:
-    """`python -m services.stream` in a subprocess configured only by environment variables,
-    its output in a log file, its Prometheus metrics on a port of its own."""
+class Worker(StreamWorker):
+    """The stream worker of `services.dev.stack`, run from the repo root, its log appended to;
+    a dead worker fails the test (`WorkerDied`)."""
+
+    exited_error = WorkerDied
 
     def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
-        self.log_path = log_path
-        self.metrics_port = metrics_port
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.stream"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise WorkerDied(f"worker exited with {self.process.returncode}:\n{self.tail()}")
-
-    def tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def metrics(self) -> dict[str, float] | None:
-        """`name{labels}` -> value of every sample; None while the endpoint is not up."""
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                body = response.read().decode()
-        except OSError:
-            return None
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample (0 when absent or the endpoint is down)."""
-        inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        key = f"{name}{{{inner}}}" if labels else name
-        return (self.metrics() or {}).get(key, 0.0)
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful stop, no offset commit, no flush."""
-        if self.alive():
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self._log.close()
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM and wait (SIGKILL after `timeout_s`); the exit code."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
+        super().__init__(env, log_path, metrics_port, cwd=REPO_ROOT)
 
 
 @dataclass
@@ -142,11 +76,7 @@ class WorkerLauncher:
             **stream_overrides,
         }
         stream = StreamSettings(**settings)
-        env = {
-            **os.environ,
-            **to_env(self.kafka_settings, self.redis_settings, self.feast_settings, stream),
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = child_env(self.kafka_settings, self.redis_settings, self.feast_settings, stream)
         worker = Worker(env, self.log_dir / f"worker-{len(self.workers)}.log", port)
         self.workers.append(worker)
         return worker

@@ -18,12 +18,7 @@ sample of a larger world's: few events per card and terminal, few and large laye
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,15 +27,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.stream import Worker
 
 from services.common import currency, feast_repo, features, kafka
+from services.common.broker import free_port
 from services.common.settings import (
     FeastSettings,
     KafkaSettings,
     RedisSettings,
     StreamSettings,
-    to_env,
 )
+from services.dev.stack import child_env, sample_key
 from services.scorer.redis_reader import FastFeatureReader
 from services.scorer.servicer import read_pairs
 from services.simulator.generate import SimConfig, labels_for, simulate
@@ -49,7 +46,6 @@ from training import dataset
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Simulated transactions fed through the worker: a sample of a 15-day, 2,000-card,
 #: 2,000-terminal world's (~60,000). Each layer costs ~1.5 s of consumer round trips; this sample
 #: needs ~30 layers, where the 10,000 first transactions of a 300-card world needed ~300.
@@ -91,25 +87,15 @@ def layered(txns: pd.DataFrame, labels: pd.DataFrame) -> list[Layer]:
     return layers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def applied_online(port: int) -> dict[str, float] | None:
+def applied_online(worker: Worker) -> dict[str, float] | None:
     """The worker's `fraudscore_stream_applied_online_total` by view; None while it starts."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            body = response.read().decode()
-    except OSError:
+    sample = worker.metrics()
+    if sample is None:
         return None
-    out = {"card": 0.0, "terminal": 0.0}
-    for line in body.splitlines():
-        if line.startswith("fraudscore_stream_applied_online_total{"):
-            view = line.split('view="', 1)[1].split('"', 1)[0]
-            out[view] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {
+        view: sample.get(sample_key("fraudscore_stream_applied_online_total", view=view), 0.0)
+        for view in ("card", "terminal")
+    }
 
 
 @pytest.fixture()
@@ -127,47 +113,31 @@ def worker(
     redis_settings: RedisSettings,
     parity_repo: tuple[FeastSettings, Path],
     tmp_path: Path,
-) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+) -> Iterator[Worker]:
     feast_settings, repo_dir = parity_repo
-    port = free_port()
     stream = StreamSettings(
         app_id=f"parity-{uuid.uuid4().hex[:8]}",
         data_dir=tmp_path / "stream-data",
         web_port=0,
-        metrics_port=port,
+        metrics_port=free_port(),
         # Small windows: the test waits for every layer, so latency is its running time.
         batch_window_s=0.01,
         setup_on_start=False,
     )
     feast = feast_settings.model_copy(update={"work_dir": repo_dir})
-    env = {**os.environ, **to_env(fresh_topics, redis_settings, feast, stream)}
-    env["PYTHONUNBUFFERED"] = "1"
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.stream"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process, port, log_path
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    env = child_env(fresh_topics, redis_settings, feast, stream)
+    running = Worker(env, tmp_path / "worker.log", stream.metrics_port)
+    try:
+        yield running
+    finally:
+        running.stop(timeout_s=20)
 
 
 def test_scorer_reads_exactly_what_training_gets_for_every_transaction(
-    worker: tuple[subprocess.Popen[bytes], int, Path],
+    worker: Worker,
     fresh_topics: KafkaSettings,
     parity_repo: tuple[FeastSettings, Path],
 ) -> None:
-    process, port, log_path = worker
     _, repo_dir = parity_repo
     txns = (
         simulate(WORLD)
@@ -182,9 +152,6 @@ def test_scorer_reads_exactly_what_training_gets_for_every_transaction(
     labels = all_labels[all_labels["reported_ms"] <= last_ms].reset_index(drop=True)
     assert len(labels) > 20
     layers = layered(txns, labels)
-
-    def tail() -> str:
-        return log_path.read_text(errors="replace")[-4000:]
 
     # The scorer's own read path: its default direct Redis reader, one pipelined round trip
     # for all the transactions of a layer, as for a ScoreBatch.
@@ -229,9 +196,11 @@ def test_scorer_reads_exactly_what_training_gets_for_every_transaction(
         want = {"card": float(sent_txns), "terminal": float(sent_txns + sent_frauds)}
         # The first layer also waits for the worker to start and join its group.
         deadline = time.monotonic() + (240 if sent_txns == len(layer.transactions) else 120)
-        while applied_online(port) != want:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"worker stuck at {applied_online(port)}, want {want}\n{tail()}")
+        while applied_online(worker) != want:
+            if not worker.alive() or time.monotonic() > deadline:
+                pytest.fail(
+                    f"worker stuck at {applied_online(worker)}, want {want}\n{worker.tail()}"
+                )
             time.sleep(0.003)
     streamed_s = time.monotonic() - started
     reader.reader.close()

@@ -4,8 +4,6 @@ trace (services.common.telemetry.kafka_headers / context_from_kafka_headers)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message
 from helpers.otlp import Collector, running_collector
+from helpers.stream import Worker
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -25,12 +24,10 @@ from services.common.settings import (
     RedisSettings,
     StreamSettings,
     TelemetrySettings,
-    to_env,
 )
+from services.dev.stack import child_env
 
 pytestmark = pytest.mark.integration
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -173,33 +170,24 @@ def test_one_trace_shows_the_simulator_publish_and_the_stream_feature_update(
         setup_on_start=False,
     )
     feast = feast_settings.model_copy(update={"work_dir": feature_repo_dir})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(to_env(fresh_topics, redis_settings, feast, stream))
-    env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "PYTHONUNBUFFERED": "1"})
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "services.stream"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            linked: set[tuple[bytes, bytes]] = set()
-            while time.monotonic() < deadline and linked != publish_ids:
-                assert worker.poll() is None, log_path.read_text(errors="replace")[-4000:]
-                linked = set()
-                for span in received.named("stream.transactions"):
-                    linked.add((span.trace_id, span.parent_span_id))
-                    linked.update(span.links)
-                linked &= publish_ids
-                time.sleep(0.5)
-        finally:
-            worker.terminate()
-            worker.wait(30)
-    tail = log_path.read_text(errors="replace")[-4000:]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = child_env(fresh_topics, redis_settings, feast, stream, environ=environ)
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    worker = Worker(env, tmp_path / "worker.log", stream.metrics_port)
+    try:
+        deadline = time.monotonic() + 120
+        linked: set[tuple[bytes, bytes]] = set()
+        while time.monotonic() < deadline and linked != publish_ids:
+            worker.check_alive()
+            linked = set()
+            for span in received.named("stream.transactions"):
+                linked.add((span.trace_id, span.parent_span_id))
+                linked.update(span.links)
+            linked &= publish_ids
+            time.sleep(0.5)
+    finally:
+        worker.stop()
+    tail = worker.tail()
     assert linked == publish_ids, tail
     batch_spans = received.named("stream.transactions")
     assert {s.service for s in batch_spans} == {"fraudscore-stream"}

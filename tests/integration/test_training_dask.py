@@ -83,6 +83,8 @@ def test_a_dask_run_trains_registers_and_scores_well(
         engine="dask",
         dask_scheduler=cluster.scheduler_address,
         num_boost_round=60,
+        # A tiny world split over two workers: the default leaf size is for a real week's data.
+        min_data_in_leaf=20,
     )
     result = pipeline.run_training(world.feast, redis_settings, settings, cutoff_ms=world.cutoff_ms)
     assert result.promoted, result.reason

@@ -169,6 +169,101 @@ def test_terminal_risk_counts_frauds_from_when_their_labels_arrive() -> None:
     assert features.terminal_to_row(restored) == features.terminal_to_row(state)
 
 
+def test_amount_ratio_compares_with_the_cards_mean_before_the_transaction() -> None:
+    assert all(math.isnan(v) for v in features.amount_ratios(None, 50.0, T0).values())
+    state = CardState()
+    apply_transaction(state, "a", T0, 10.0, LATE)
+    apply_transaction(state, "b", T0 + 1000, 30.0, LATE)
+    ratios = features.amount_ratios(state, 50.0, T0 + 2000)
+    assert ratios == {
+        "card_amount_ratio_24h": 2.5,
+        "card_amount_ratio_7d": 2.5,
+        "card_amount_ratio_30d": 2.5,
+    }
+    # Two days on, the day-old spend has left the 24 h window but not the 7 d one.
+    later = features.amount_ratios(state, 50.0, T0 + 2 * 86_400_000)
+    assert math.isnan(later["card_amount_ratio_24h"])
+    assert later["card_amount_ratio_7d"] == 2.5
+
+
+def test_amount_cv_is_the_spread_of_the_cards_amounts_over_their_mean() -> None:
+    assert all(math.isnan(v) for v in features.amount_cvs(None, T0).values())
+    state = CardState()
+    apply_transaction(state, "a", T0, 10.0, LATE)
+    # One amount has no spread.
+    assert math.isnan(features.amount_cvs(state, T0 + 1)["card_amount_cv_30d"])
+    apply_transaction(state, "b", T0 + 1000, 30.0, LATE)
+    # mean 20, population standard deviation 10
+    assert features.amount_cvs(state, T0 + 2000) == {
+        "card_amount_cv_7d": 0.5,
+        "card_amount_cv_30d": 0.5,
+    }
+    assert math.isnan(features.amount_cvs(state, T0 + 8 * 86_400_000)["card_amount_cv_7d"])
+
+
+DAY_MS = 86_400_000
+
+
+def _terminal_with_history() -> features.TerminalState:
+    """Day 0: 4 transactions, one fraud (labelled on day 2); day 3: 2 transactions, both fraud
+    (labelled on day 5); day 9: 1 transaction."""
+    state = features.TerminalState()
+    apply = features.apply_terminal_transaction
+    for i in range(4):
+        apply(state, f"d0-{i}", T0 + i * 1000, LATE)
+    apply(state, "d2", T0 + 2 * DAY_MS, LATE)
+    features.apply_terminal_label(state, "d0-0", T0, True)
+    for i in range(2):
+        apply(state, f"d3-{i}", T0 + 3 * DAY_MS + i, LATE)
+    for i in range(2):
+        features.apply_terminal_label(state, f"d3-{i}", T0 + 3 * DAY_MS + i, True)
+    apply(state, "d9", T0 + 9 * DAY_MS, LATE)
+    return state
+
+
+def test_known_frauds_are_counted_raw_and_dated() -> None:
+    feats = features.terminal_features(_terminal_with_history(), T0 + 9 * DAY_MS + 5)
+    assert feats["terminal_known_frauds_30d"] == 3
+    assert feats["terminal_known_frauds_7d"] == 2  # day 3 only: day 0 is 9 days back
+    assert feats["terminal_known_frauds_1d"] == 0
+    assert feats["terminal_days_since_last_fraud"] == 6
+    assert feats["terminal_days_since_first_fraud"] == 9
+    empty = features.terminal_features(features.TerminalState(), T0)
+    assert empty["terminal_known_frauds_30d"] == 0
+    assert math.isnan(empty["terminal_days_since_last_fraud"])
+    assert math.isnan(empty["terminal_days_since_first_fraud"])
+    # After 30 days the frauds leave the recency window.
+    gone = features.terminal_features(_terminal_with_history(), T0 + 33 * DAY_MS)
+    assert math.isnan(gone["terminal_days_since_last_fraud"])
+
+
+def test_delayed_windows_end_label_delay_days_before_the_read() -> None:
+    state = _terminal_with_history()
+    delay = features.LABEL_DELAY_DAYS
+    # Read on day 9: the delayed 1 d window is day 9 - 7 = 2 (one genuine transaction).
+    on_day_9 = features.terminal_features(state, T0 + 9 * DAY_MS + 5)
+    assert delay == 7
+    assert (on_day_9["terminal_delayed_count_1d"], on_day_9["terminal_delayed_risk_1d"]) == (1, 0)
+    # The delayed 7 d window, days (9 - 14, 2]: days 0 and 2, 5 transactions, 1 fraud.
+    assert on_day_9["terminal_delayed_count_7d"] == 5
+    assert on_day_9["terminal_delayed_risk_7d"] == 0.2
+    # Day 10: the delayed 1 d window is day 3, both of its transactions fraud.
+    on_day_10 = features.terminal_features(state, T0 + 10 * DAY_MS)
+    assert on_day_10["terminal_delayed_risk_1d"] == 1.0
+    # Before any transaction is 7 days old, the delayed windows are empty.
+    early = features.terminal_features(state, T0 + 3 * DAY_MS + 5)
+    assert early["terminal_delayed_count_30d"] == 0
+    assert math.isnan(early["terminal_delayed_risk_30d"])
+    # 37 days on, the day-0 tile is still inside the delayed 30 d window (t - 37 d, t - 7 d].
+    state_later = _terminal_with_history()
+    features.apply_terminal_transaction(state_later, "d36", T0 + 36 * DAY_MS, LATE)
+    late = features.terminal_features(state_later, T0 + 36 * DAY_MS + 1)
+    assert late["terminal_delayed_count_30d"] == 8
+    assert late["terminal_delayed_risk_30d"] == 0.375
+    # A label arriving then for a day-1 transaction is still counted.
+    assert features.apply_terminal_label(state_later, "day1", T0 + DAY_MS, True) is Outcome.APPLIED
+
+
 def test_label_for_a_transaction_older_than_every_window_is_late() -> None:
     state = features.TerminalState()
     features.apply_terminal_transaction(state, "now", T0 + 40 * 86_400_000, LATE)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import lightgbm as lgb
 import pytest
 
 from services.bench import world
-from services.common import features
+from services.common import features, model_registry
 from services.common.model_registry import ModelRegistry
 from services.proto.fraudscore.v1 import scorer_pb2
 from services.scorer.model import LoadedModel
@@ -151,6 +152,31 @@ def test_latest_means_the_newest_version_that_is_not_the_champion(tmp_path: Path
     model = loader()
     assert model is not None and model.version == first.version
     assert loaded == [second.version, first.version]
+
+
+class FrozenClock(datetime):
+    """Every registration in the same second: versions differ only by their counter."""
+
+    @classmethod
+    def now(cls, tz: object = None) -> FrozenClock:
+        return cls(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_latest_follows_creation_order_past_ten_versions_in_one_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_registry, "datetime", FrozenClock)
+    registry = ModelRegistry(tmp_path)
+    created = [registry.register(str(i), {}).version for i in range(12)]
+    # As text the eleventh version (`-10`) sorts before the tenth (`-9`).
+    assert created[-2:] == ["20260101T120000-10", "20260101T120000-11"]
+    assert max(created[:11]) == "20260101T120000-9"
+    registry.promote(created[-1])
+
+    loader = registry_loader(registry, LATEST, lambda record: FakeModel(record.version))
+    model = loader()
+    assert model is not None and model.version == created[10]
+    assert registry.versions() == created
 
 
 def test_a_named_version_is_loaded_once(tmp_path: Path) -> None:

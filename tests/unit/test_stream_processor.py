@@ -314,3 +314,58 @@ def test_batched_terminal_events_round_trip_and_one_bad_event_rejects_the_messag
     assert isinstance(processor.parse_terminal_events(bad), Rejected)
     assert isinstance(processor.parse_terminal_events(b"[{"), Rejected)
     assert isinstance(processor.parse_terminal_events(None), Rejected)
+
+
+def test_state_rows_keep_store_types_for_fresh_and_restored_states() -> None:
+    """`to_row` no longer converts sums: they must already be floats, counts ints, whether the
+    state was folded here or restored from a stored row (integer amounts included)."""
+    state = CardState()
+    features.apply_transaction(state, "a", T0, 5, LATENESS_MS, "t1")
+    features.apply_transaction(state, "b", T0 + 61_000, 2.5, LATENESS_MS, "t2")
+    restored = features.from_row(features.to_row(state))
+    assert restored is not None
+    features.apply_transaction(restored, "c", T0 + 3_700_000, 7, LATENESS_MS, "t1")
+    for each in (state, restored):
+        row = features.to_row(each)
+        for spec in features.TILE_SPECS:
+            assert all(type(v) is int for v in row[f"{spec.name}_idx"])
+            assert all(type(v) is int for v in row[f"{spec.name}_cnt"])
+            assert all(type(v) is float for v in row[f"{spec.name}_amt"])
+            assert all(type(v) is float for v in row[f"{spec.name}_sq"])
+    assert features.to_row(restored)["m_cnt"] == [1]  # older minutes pruned
+    assert features.to_row(restored)["h_amt"] == [7.5, 7.0]
+
+
+def test_terminal_history_rows_carry_dedup_ids_only_in_each_terminals_last_row() -> None:
+    """Every row has the tiles of the state after its event; the dedup columns are filled in
+    the last row per terminal only, which equals the final state's full row."""
+    events = [
+        processor.TerminalEvent("transaction", f"x{i}", term, T0 + i * 1000, T0 + i * 1000)
+        for i, term in enumerate(["ta", "tb", "ta", "ta", "tb"])
+    ]
+    events.append(processor.TerminalEvent("transaction", "x0", "ta", T0, T0))  # duplicate
+    events.append(processor.TerminalEvent("label", "x2", "ta", T0 + 2000, T0 + 9000, True))
+    result = processor.fold_terminal_batch(events, {}, 3_600_000)
+
+    replay: dict[str, features.TerminalState] = {}
+    expected = []
+    for event in sorted(events, key=lambda e: (e.terminal_id != "ta", e.order())):
+        state = replay.setdefault(event.terminal_id, features.TerminalState())
+        if processor.fold_terminal_event(state, event, 3_600_000) is Outcome.APPLIED:
+            expected.append((event.terminal_id, event.stamp_ms, features.terminal_to_row(state)))
+    assert [(t, s) for t, s, _ in result.state_rows] == [(t, s) for t, s, _ in expected]
+    dedup = ("t_recent_ids", "t_recent_ms", "t_fraud_ids", "t_fraud_ms")
+    last = {t: i for i, (t, _, _) in enumerate(expected)}
+    for i, ((_, _, got), (terminal, _, full)) in enumerate(
+        zip(result.state_rows, expected, strict=True)
+    ):
+        if i == last[terminal]:
+            assert got == full
+            assert got == features.terminal_to_row(result.states[terminal])
+        else:
+            assert {k: v for k, v in got.items() if k not in dedup} == {
+                k: v for k, v in full.items() if k not in dedup
+            }
+            assert all(got[k] == [] for k in dedup)
+    assert result.final_rows()["ta"]["t_recent_ids"] == ["x0", "x2", "x3"]
+    assert result.outcomes[Outcome.DUPLICATE] == 1

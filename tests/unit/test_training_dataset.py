@@ -201,3 +201,30 @@ def test_own_amount_and_own_label_never_reach_its_features() -> None:
     d = by_id.loc["d"]
     assert (d["terminal_count_1d"], d["terminal_risk_30d"]) == (3, round(2 / 3, 6))
     assert by_id["label"].to_dict() == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_a_skipped_period_keeps_only_its_known_frauds() -> None:
+    cutoff = T0 + 10 * MIN
+    # t2's fraud label is known at the cutoff; t3's arrives after it.
+    labels = pd.DataFrame(
+        {
+            "transaction_id": ["t2", "t3"],
+            "is_fraud": [True, True],
+            "reported_ms": [cutoff - 1, cutoff + 1],
+        }
+    )
+    fetch = point_in_time(history(TXS))
+    whole, whole_stats = dataset.assemble(TXS, labels, cutoff, fetch)
+    skip = (T0 + MIN, T0 + 3 * MIN)
+    frame, stats = dataset.assemble_rows(
+        TXS, labels, cutoff, dataset.rows_from_states(fetch), skip=skip
+    )
+    in_skip = (whole["event_ms"] >= skip[0]) & (whole["event_ms"] < skip[1])
+    expected = whole[~in_skip | (whole["label"] == 1)].reset_index(drop=True)
+    assert in_skip.sum() >= 2 and len(frame) < len(whole)
+    # The known fraud of the skipped period stays (t2); the others go.
+    assert list(
+        expected.loc[expected["event_ms"].between(*skip, inclusive="left"), "transaction_id"]
+    ) == ["t2"]
+    pd.testing.assert_frame_equal(frame, expected)
+    assert stats.skipped == len(whole) - len(frame) == whole_stats.rows - stats.rows

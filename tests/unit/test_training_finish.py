@@ -73,6 +73,12 @@ def test_columnar_features_equal_the_scorers_function_for_every_value() -> None:
     assert np.nanmax(got[:, names.index("terminal_risk_30d")]) > 0
     assert np.nanmax(got[:, names.index("card_distinct_terminals_24h")]) > 1
     assert not np.isnan(got[:, names.index("card_amount_zscore_30d")]).all()
+    assert not np.isnan(got[:, names.index("card_amount_ratio_7d")]).all()
+    assert not np.isnan(got[:, names.index("card_amount_cv_7d")]).all()
+    assert np.nanmax(got[:, names.index("terminal_delayed_risk_30d")]) > 0
+    assert np.nanmax(got[:, names.index("terminal_days_since_first_fraud")]) > np.nanmin(
+        got[:, names.index("terminal_days_since_last_fraud")]
+    )
 
 
 def test_round6_is_pythons_round_including_near_ties() -> None:
