@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -388,6 +389,28 @@ def _terminal_task(shard: int) -> _TerminalResult:
     return _fold_terminals(_REPLAY, shard)
 
 
+R = TypeVar("R")
+
+
+def _map_shards(
+    replay: _Replay,
+    n_workers: int,
+    fold: Callable[[_Replay, int], R],
+    task: Callable[[int], R],
+) -> list[R]:
+    """`fold(replay, shard)` for every shard: in this process for one worker, else in forked
+    workers that find `replay` in the module global (inherited, never pickled)."""
+    global _REPLAY
+    if n_workers == 1:
+        return [fold(replay, 0)]
+    _REPLAY = replay
+    try:
+        with multiprocessing.get_context("fork").Pool(n_workers) as pool:
+            return pool.map(task, range(n_workers))
+    finally:
+        _REPLAY = None
+
+
 def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -416,7 +439,6 @@ def backfill(
     labels). The rows written are the same for any number of workers; only the part files
     they are cut into differ.
     """
-    global _REPLAY
     _require(transactions_df, (*TRANSACTION_COLUMNS, "event_ms"), "transactions")
     if labels_df is not None:
         _require(labels_df, (*LABEL_COLUMNS, "reported_ms"), "labels")
@@ -449,29 +471,12 @@ def backfill(
     replay.label_shard = terminal_shard[len(ordered) :] if labels is not None else None
     del terminal_keys, terminal_shard
 
-    shards = list(range(n_workers))
-    if n_workers == 1:
-        card_results = [_fold_cards(replay, 0)]
-    else:
-        _REPLAY = replay
-        try:
-            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
-                card_results = pool.map(_card_task, shards)
-        finally:
-            _REPLAY = None
+    card_results = _map_shards(replay, n_workers, _fold_cards, _card_task)
     applied = np.zeros(len(ordered), dtype=bool)
     for card_result in card_results:
         applied[card_result.applied] = True
     replay.applied = applied
-    if n_workers == 1:
-        terminal_results = [_fold_terminals(replay, 0)]
-    else:
-        _REPLAY = replay
-        try:
-            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
-                terminal_results = pool.map(_terminal_task, shards)
-        finally:
-            _REPLAY = None
+    terminal_results = _map_shards(replay, n_workers, _fold_terminals, _terminal_task)
 
     counts = {outcome: 0 for outcome in features.Outcome}
     states: dict[str, features.CardState] = {}
