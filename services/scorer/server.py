@@ -295,6 +295,8 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Before the port opens: the one full collection must not pause the first requests.
+    tune_runtime(settings)
     try:
         server, _ = create_server(
             address or settings.address,
@@ -308,7 +310,6 @@ def serve(
         if publisher is not None:
             publisher.close(0)
         return 1
-    tune_runtime(settings)
     while not stop.wait(1.0):
         pass
     server.stop(settings.shutdown_grace_s).wait()
