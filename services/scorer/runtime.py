@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def settle_heap() -> int:
     """Collect once, then freeze everything alive so later collections skip it; returns the
-    number of objects frozen. Call after start-up, when the long-lived objects exist."""
+    number of objects frozen. Call once the long-lived objects exist and before the port
+    opens, so the one full collection never pauses a request."""
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
