@@ -74,6 +74,19 @@ def _requests(spec: LoadSpec, n: int) -> list[Any]:
     return out
 
 
+def open_channel(target: str) -> Any:
+    """A channel to `target`: one scorer, or several (`"127.0.0.1:5001,127.0.0.1:5002"`) that
+    each call is spread over round robin, as a client balancing over a Service's pods does."""
+    import grpc
+
+    addresses = [part.strip() for part in target.split(",") if part.strip()]
+    if len(addresses) == 1:
+        return grpc.insecure_channel(addresses[0])
+    return grpc.insecure_channel(
+        "ipv4:" + ",".join(addresses), options=[("grpc.lb_policy_name", "round_robin")]
+    )
+
+
 def run_load(spec: LoadSpec) -> LoadResult:
     """Drive `spec.target` for warm-up + duration; latencies of the warm-up are left out."""
     import grpc
@@ -84,7 +97,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
     warm = int(spec.rps * spec.warmup_s)
     requests = _requests(spec, min(total, 20_000))
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
-    channel = grpc.insecure_channel(spec.target)
+    channel = open_channel(spec.target)
     grpc.channel_ready_future(channel).result(timeout=10)
     stub = scorer_pb2_grpc.FraudScorerStub(channel)
 

@@ -16,7 +16,15 @@ def register(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     score.add_argument(
         "--target",
         default=None,
-        help="host:port of a running scorer (default: start everything in-process)",
+        help="host:port of a running scorer, or several comma-separated (round robin); "
+        "default: start everything here",
+    )
+    score.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="scorer processes to start and spread the load over (default 2: one per core of "
+        "the machine the targets are set on)",
     )
     score.add_argument(
         "--token", default=None, help="bearer token for --target (default: SCORER_AUTH_TOKEN)"
@@ -43,6 +51,8 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.rps <= 0 or args.duration <= 0:
         raise SystemExit("--rps and --duration must be positive")
+    if args.replicas < 1:
+        raise SystemExit("--replicas must be at least 1")
     token = args.token
     if token is None and args.target:
         secret = ScorerSettings().auth_token
@@ -56,6 +66,7 @@ def _score(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         baseline_duration_s=args.baseline_duration,
         warmup_s=args.warmup,
+        replicas=args.replicas,
     )
     # The one line a script reads: everything before it is logging.
     sys.stdout.write(json.dumps(figures) + "\n")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from services.bench.load import LoadSpec, _requests
+from services.bench.load import LoadSpec, _requests, open_channel
 
 #: `codes` of a request skipped because `max_in_flight` calls were outstanding.
 NOT_SENT = -1
@@ -93,7 +93,7 @@ def run_timeline(spec: LoadSpec, on_start: Any = None) -> Timeline:
     total = int(spec.rps * (spec.warmup_s + spec.duration_s))
     requests = _requests(spec, min(total, 20_000))
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
-    channel = grpc.insecure_channel(spec.target)
+    channel = open_channel(spec.target)
     grpc.channel_ready_future(channel).result(timeout=10)
     stub = scorer_pb2_grpc.FraudScorerStub(channel)
 

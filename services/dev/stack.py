@@ -127,6 +127,12 @@ class ServiceProcess:
         self._log.close()
         return self.process.returncode
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill(self) -> None:
         """SIGKILL, as a crash would: no graceful stop, no offset commit, no flush."""
         if self.alive():
@@ -255,6 +261,7 @@ class LocalStack:
     broker: EmbeddedBroker | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     repo_dir: Path | None = None
+    scorer_replicas: list[ScorerSettings] = field(default_factory=list)
 
     def start_infrastructure(self) -> None:
         """Broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), Redis check, topics, Feast."""
@@ -280,16 +287,42 @@ class LocalStack:
         self.processes["stream"] = worker
         return worker
 
-    def start_scorer(self, wait_s: float = 90.0, require_model: bool = True) -> str:
-        if self.scorer.address.endswith(":0"):
-            self.scorer = self.scorer.model_copy(update={"address": f"127.0.0.1:{free_port()}"})
-        self.processes["scorer"] = ServiceProcess(
-            "services.scorer", self.env(), self.run_dir / "scorer.log", name="scorer"
-        )
-        address = self.scorer.address.replace("[::]", "127.0.0.1")
-        wait_serving(address, wait_s, require_model, alive=self.check_alive)
-        log.info("scorer serving on %s", address)
-        return address
+    def start_scorer(
+        self, wait_s: float = 90.0, require_model: bool = True, replicas: int = 1
+    ) -> str:
+        """Start `replicas` scorer processes, each on a port (and metrics port) of its own, as
+        a Deployment's pods are; the address to call: `host:port`, or for several replicas a
+        comma-separated list that a round-robin client spreads its calls over
+        (`services.bench.load.open_channel`). `scorer_replicas` holds each one's settings.
+
+        One after the other: each start prepares the shared Feast repo folder.
+        """
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        addresses = []
+        for index in range(replicas):
+            settings = self.scorer
+            if index > 0 or settings.address.endswith(":0"):
+                settings = settings.model_copy(update={"address": f"127.0.0.1:{free_port()}"})
+            if index > 0 and settings.metrics_port > 0:
+                settings = settings.model_copy(update={"metrics_port": free_port()})
+            if index == 0:
+                self.scorer = settings
+            name = "scorer" if index == 0 else f"scorer-{index + 1}"
+            env = child_env(self.kafka, self.redis, self.feast, self.stream, settings)
+            self.processes[name] = ServiceProcess(
+                "services.scorer", env, self.run_dir / f"{name}.log", name=name
+            )
+            address = settings.address.replace("[::]", "127.0.0.1")
+            wait_serving(address, wait_s, require_model, alive=self.check_alive)
+            log.info("%s serving on %s", name, address)
+            self.scorer_replicas.append(settings)
+            addresses.append(address)
+        return ",".join(addresses)
+
+    def scorer_processes(self) -> list[ServiceProcess]:
+        """The scorer replicas' processes, in start order."""
+        return [p for name, p in self.processes.items() if name.partition("-")[0] == "scorer"]
 
     def check_alive(self) -> None:
         for service in self.processes.values():
@@ -334,6 +367,7 @@ class LocalStack:
         for service in reversed(list(self.processes.values())):
             service.stop(timeout_s=15)
         self.processes.clear()
+        self.scorer_replicas.clear()
         if self.broker is not None:
             self.broker.stop()
             self.broker = None

@@ -29,6 +29,7 @@ def test_a_short_low_rate_bench_prints_its_figures_as_the_last_line(
     cmd = [
         sys.executable, "-m", "services.cli", "bench", "score",
         "--rps", "20", "--duration", "2", "--warmup", "0.5", "--cards", "50",
+        "--replicas", "2",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -39,3 +40,6 @@ def test_a_short_low_rate_bench_prints_its_figures_as_the_last_line(
     assert figures["fallback_rate"] == 0.0
     assert figures["p50_ms"] <= figures["p99_ms"] <= figures["p999_ms"]
     assert figures["baseline_p99_ms"] > 0 and figures["ratio"] > 0
+    # Two scorer processes served it, and their CPU was read.
+    assert figures["replicas"] == 2
+    assert figures["scorer_cpu_us_per_request"] > 0
