@@ -13,7 +13,6 @@ nor blamed on the server. The load is bounded: at most `max_in_flight` outstandi
 from __future__ import annotations
 
 import multiprocessing
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -89,83 +88,33 @@ def open_channel(target: str) -> Any:
 
 def run_load(spec: LoadSpec) -> LoadResult:
     """Drive `spec.target` for warm-up + duration; latencies of the warm-up are left out."""
-    import grpc
+    # The one send loop is the timeline's, which keeps every request; this boils it down.
+    from services.bench.timeline import run_timeline
 
-    from services.proto.fraudscore.v1 import scorer_pb2_grpc
-
-    total = int(spec.rps * (spec.warmup_s + spec.duration_s))
+    timeline = run_timeline(spec)
     warm = int(spec.rps * spec.warmup_s)
-    requests = _requests(spec, min(total, 20_000))
-    metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
-    channel = open_channel(spec.target)
-    grpc.channel_ready_future(channel).result(timeout=10)
-    stub = scorer_pb2_grpc.FraudScorerStub(channel)
-
-    latencies = np.full(total, np.nan)
-    lags = np.zeros(total)
-    lock = threading.Lock()
-    state = {"in_flight": 0, "errors": 0, "fallbacks": 0, "answered": 0}
-    all_done = threading.Event()
-
-    def on_done(i: int, sent: float, future: Any) -> None:
-        finished = time.perf_counter()
-        with lock:
-            state["in_flight"] -= 1
-            if future.code() == grpc.StatusCode.OK:
-                if i >= warm:
-                    latencies[i] = (finished - sent) * 1000.0
-                    state["answered"] += 1
-                    state["fallbacks"] += int(future.result().fallback_used)
-            elif i >= warm:
-                state["errors"] += 1
-            if state["in_flight"] == 0 and sent_all.is_set():
-                all_done.set()
-
-    sent_all = threading.Event()
-    interval = 1.0 / spec.rps
-    start = time.perf_counter() + 0.05
-    for i in range(total):
-        due = start + i * interval
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        with lock:
-            if state["in_flight"] >= spec.max_in_flight:
-                if i >= warm:
-                    state["errors"] += 1
-                continue
-            state["in_flight"] += 1
-        sent = time.perf_counter()
-        lags[i] = (sent - due) * 1000.0
-        future = stub.Score.future(
-            requests[i % len(requests)], timeout=spec.timeout_s, metadata=metadata
-        )
-        future.add_done_callback(lambda f, i=i, sent=sent: on_done(i, sent, f))
-    elapsed = time.perf_counter() - start
-    with lock:
-        sent_all.set()
-        if state["in_flight"] == 0:
-            all_done.set()
-    all_done.wait(spec.drain_s)
-    channel.close()
-
-    measured = latencies[warm:]
-    answered = measured[~np.isnan(measured)]
+    measured = np.zeros(timeline.codes.shape, dtype=bool)
+    measured[warm:] = True
+    ok = measured & timeline.ok
+    answered = timeline.latency_ms[ok]
     pct = np.percentile(answered, [50, 90, 99, 99.9]) if answered.size else [np.nan] * 4
-    measured_count = total - warm
+    lags = timeline.lag_ms[measured & ~np.isnan(timeline.lag_ms)]
+    measured_count = int(np.count_nonzero(measured))
+    total = timeline.codes.size
+    elapsed = timeline.elapsed_s
     return LoadResult(
         sent=measured_count,
         answered=int(answered.size),
         # Refused, failed, skipped for too many in flight, or still unanswered after the drain.
         errors=measured_count - int(answered.size),
-        fallbacks=int(state["fallbacks"]),
+        fallbacks=int(np.count_nonzero(ok & timeline.fallback)),
         achieved_rps=round(total / elapsed, 1) if elapsed > 0 else 0.0,
         p50_ms=round(float(pct[0]), 3),
         p90_ms=round(float(pct[1]), 3),
         p99_ms=round(float(pct[2]), 3),
         p999_ms=round(float(pct[3]), 3),
         max_ms=round(float(answered.max()), 3) if answered.size else float("nan"),
-        send_lag_p99_ms=round(float(np.percentile(lags[warm:], 99)), 3) if total > warm else 0.0,
+        send_lag_p99_ms=round(float(np.percentile(lags, 99)), 3) if lags.size else 0.0,
     )
 
 

@@ -1,10 +1,10 @@
 """Open-loop load that keeps every request: when it was sent, how it ended, what answered.
 
-`services.bench.load` boils a run down to percentiles; a fault drill needs to know *when* each
-answer came from the fallback, to compare the fallback share before, during and after an
-outage. The schedule, the request mix and the in-flight bound are load.py's (`LoadSpec`,
-`_requests`); only the bookkeeping differs. Send times are `time.monotonic()` readings, the one
-clock (CLOCK_MONOTONIC) that another process on the same host can compare with its own.
+This is the one send loop: `services.bench.load.run_load` boils a timeline down to
+percentiles, and a fault drill reads it whole, to compare the fallback share before, during and
+after an outage. The schedule, the request mix and the in-flight bound are load.py's
+(`LoadSpec`, `_requests`). Send times are `time.monotonic()` readings, the one clock
+(CLOCK_MONOTONIC) that another process on the same host can compare with its own.
 
 The load runs in a process of its own (`TimelineRun`), which reports its start time as soon as
 the schedule begins, so the caller can time faults against the load, not against a guess of how
