@@ -116,11 +116,15 @@ class WorkerProcess(StreamWorker):
     def __init__(self, env: dict[str, str], metrics_port: int, log_path: Path) -> None:
         super().__init__(env, log_path, metrics_port, append=False, cwd=REPO_ROOT)
 
-    def counters(self) -> dict[str, float]:
-        """The worker's consumed and applied-online counters (empty until /metrics answers)."""
+    def counters(self) -> dict[str, float] | None:
+        """The worker's consumed and applied-online counters (None while /metrics does not
+        answer)."""
         self.check_alive()
+        samples = self.metrics()
+        if samples is None:
+            return None
         out: dict[str, float] = {}
-        for key, value in (self.metrics() or {}).items():
+        for key, value in samples.items():
             match = self._COUNTER.fullmatch(key)
             if match is not None:
                 out[f"{match[1]}:{match[2]}"] = value
@@ -185,18 +189,30 @@ def start_worker(env_stack: Stack, batch_size: int, name: str) -> WorkerProcess:
 def wait_applied(
     worker: WorkerProcess, baseline: dict[str, float], n: int, timeout_s: float
 ) -> tuple[float, float]:
-    """(first consumed, all n applied online for cards and terminals) as monotonic times."""
+    """(first consumed, all n applied online for cards and terminals) as monotonic times.
+
+    The first consumption is placed at the last poll that still saw none: a busy worker's
+    /metrics may not answer for seconds, and the first answer showing consumption would
+    start the clock late (and overstate events/s)."""
     first: float | None = None
+    none_yet: float | None = None
     deadline = time.monotonic() + timeout_s
+    got: dict[str, float] | None = {}
     while time.monotonic() < deadline:
         now = time.monotonic()
         got = worker.counters()
+        if got is None:
+            time.sleep(0.1)
+            continue
 
         def delta(key: str, got: dict[str, float] = got) -> float:
             return got.get(key, 0.0) - baseline.get(key, 0.0)
 
-        if first is None and delta("events_total:transaction") > 0:
-            first = now
+        if first is None:
+            if delta("events_total:transaction") > 0:
+                first = now if none_yet is None else none_yet
+            else:
+                none_yet = now
         if delta("applied_online_total:card") >= n and delta("applied_online_total:terminal") >= n:
             return (first if first is not None else now), now
         time.sleep(0.1)

@@ -603,7 +603,8 @@ _CARD_COLUMN_NAMES = {
     spec.name: tuple(f"{spec.name}_{part}" for part in ("idx", "cnt", "amt", "sq"))
     for spec in TILE_SPECS
 }
-_TERMINAL_COLUMN_NAMES = {
+#: Per terminal tile spec: its (idx, cnt, fraud) column names.
+TERMINAL_COLUMN_NAMES = {
     spec.name: tuple(f"t_{spec.name}_{part}" for part in ("idx", "cnt", "fraud"))
     for spec in TERMINAL_TILE_SPECS
 }
@@ -672,7 +673,7 @@ def terminal_to_row(state: TerminalState) -> dict[str, Any]:
     row: dict[str, Any] = {"t_last_event_ms": state.last_event_ms}
     for spec in TERMINAL_TILE_SPECS:
         idx, cnt, fraud = _tile_columns(state.tiles[spec.name], 2)
-        k_idx, k_cnt, k_fraud = _TERMINAL_COLUMN_NAMES[spec.name]
+        k_idx, k_cnt, k_fraud = TERMINAL_COLUMN_NAMES[spec.name]
         row[k_idx] = idx
         row[k_cnt] = list(map(int, cnt))
         row[k_fraud] = list(map(int, fraud))

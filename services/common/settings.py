@@ -112,8 +112,15 @@ class StreamSettings(BaseSettings):
     model_config = _config("STREAM_")
 
     app_id: str = Field("fraudscore-stream", description="Faust app id = consumer group.")
-    batch_size: int = Field(500, description="Max events per Feast write batch.")
-    batch_window_s: float = Field(0.2, description="Max seconds to wait to fill a batch.")
+    batch_size: int = Field(
+        500,
+        description="Records of a topic buffered before they are handed to its handler as one "
+        "batch (one Feast write, one offline part); a busy handler's backlog goes at up to 4 "
+        "times this.",
+    )
+    batch_window_s: float = Field(
+        0.2, description="Max seconds a fetched record waits for its batch to fill."
+    )
     allowed_lateness_s: int = Field(
         300, description="Events older than the card's latest event by more are dropped."
     )
@@ -148,6 +155,13 @@ class StreamSettings(BaseSettings):
         description="Transactions older than the terminal's latest by more are not counted at "
         "the terminal. Larger than the card lateness: a terminal's events come from every card "
         "partition, which a worker consumes at slightly different paces.",
+    )
+    gc_gen0_threshold: int = Field(
+        50_000,
+        description="Allocations between the worker's young-generation garbage collections "
+        "(Python's default: 700). Every event allocates dozens of short lists, and each "
+        "collection walks the cached states too: at 700 collections cost about a third of the "
+        "worker's CPU. 0 keeps Python's default.",
     )
 
     def terminal_topic(self, transactions_topic: str) -> str:
@@ -281,8 +295,10 @@ class TrainingSettings(BaseSettings):
     )
     engine: Literal["local", "dask"] = Field(
         "local",
-        description="Where the model is fitted: 'local' (this process) or 'dask' (LightGBM's "
-        "Dask interface over a cluster's workers; no early stopping, num_boost_round rounds).",
+        description="Where the dataset is built and the model fitted: 'local' (this process) "
+        "or 'dask' (the offline store read in partitions and split on a cluster's workers, "
+        "LightGBM's Dask interface; early stopping replayed over the validation days' curve "
+        "of a full-length probe fit, then a refit with the chosen rounds).",
     )
     dask_scheduler: str | None = Field(
         None,

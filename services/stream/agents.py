@@ -1,9 +1,11 @@
 """Faust glue: consume batches, send rejects to the DLQ, hand the rest to the sink.
 
-Delivery is at-least-once: `take_events` acks a batch only after the handler returned, and a
-failed store call is retried (with backoff) rather than raised, because faust acks a batch
-even when its handler crashes. Redelivered transactions are harmless: their ids are in the
-stored state, so they come back as DUPLICATE and nothing is written.
+Batches come from the transport's batch intake (`transport.BatchIntake`), not from faust
+agents: faust's per-event path cost more CPU than the features. Delivery is at-least-once: a
+partition's offset is committable only after the handler returned for the batch, and a
+failed store call or batch is retried (with backoff) rather than raised, so a batch is never
+skipped. Redelivered transactions are harmless: their ids are in the stored state, so they come
+back as DUPLICATE and nothing is written.
 
 Write order per batch: offline parts, then the forward to the terminal-events topic (acked),
 then the online push. The offline history is then never behind what the scorer was served; a
@@ -11,7 +13,7 @@ crash in between only repeats offline rows and forwards on redelivery (identical
 readers deduplicate by transaction_id, terminal state by its own dedup), whereas the other
 order could lose them for good, because the redelivered transactions would be DUPLICATE online.
 
-Terminal state has one writer per terminal: the terminal agent, fed by the internal topic keyed
+Terminal state has one writer per terminal: the terminal handler, fed by the internal topic keyed
 by terminal_id, so each terminal lives in exactly one partition.
 """
 
@@ -20,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from faust.types import AppT, EventT, TopicT
+from faust.types import TP, AppT, TopicT
 
 from services.common.events import ValidTransaction
 from services.common.features import Outcome
@@ -36,6 +38,7 @@ from services.stream.processor import (
     TerminalEvent,
 )
 from services.stream.sink import FeastSink
+from services.stream.transport import BatchIntake, Record, Route
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ T = TypeVar("T")
 
 async def accept(
     kind: str,
-    batch: Sequence[EventT],
+    batch: Sequence[Record],
     parse: Callable[[bytes | None], T | Rejected],
     dead_letters: DeadLetters,
 ) -> list[T]:
@@ -52,11 +55,11 @@ async def accept(
     metrics.EVENTS.labels(kind).inc(len(batch))
     metrics.BATCH_SIZE.labels(kind).observe(len(batch))
     valid: list[T] = []
-    rejects: list[tuple[EventT, Rejected]] = []
-    for event in batch:
-        parsed = parse(event.message.value)
+    rejects: list[tuple[Record, Rejected]] = []
+    for record in batch:
+        parsed = parse(record.value)
         if isinstance(parsed, Rejected):
-            rejects.append((event, parsed))
+            rejects.append((record, parsed))
         else:
             valid.append(parsed)
     await dead_letters.send(rejects)
@@ -90,10 +93,9 @@ class DeadLetters:
         self.topic = topic
         self.kind = kind
 
-    async def send(self, rejects: Sequence[tuple[EventT, Rejected]]) -> None:
+    async def send(self, rejects: Sequence[tuple[Record, Rejected]]) -> None:
         pending = []
-        for event, rejected in rejects:
-            message = event.message
+        for message, rejected in rejects:
             log.warning(
                 "DLQ %s %s[%s]@%s: %s %s",
                 self.kind,
@@ -116,6 +118,11 @@ class DeadLetters:
             await asyncio.gather(*pending)
 
 
+#: Terminal events per forwarded message: ~100 bytes each stays far below Kafka's 1 MB default
+#: message limit, whatever the batch size.
+MAX_EVENTS_PER_MESSAGE = 4000
+
+
 class TerminalForwarder:
     """Sends terminal events to the internal topic and waits for the acks.
 
@@ -134,16 +141,19 @@ class TerminalForwarder:
             partition = processor.terminal_partition(event.terminal_id, self.partitions)
             by_partition.setdefault(partition, []).append(event)
         headers = tracing.forward_headers()
-        pending = [
-            await self.topic.send(
-                # The key only labels the message; the partition is set explicitly.
-                key=events_of[0].terminal_id.encode(),
-                value=processor.encode_terminal_events(events_of),
-                partition=partition,
-                headers=headers,
-            )
-            for partition, events_of in by_partition.items()
-        ]
+        pending = []
+        for partition, events_of in by_partition.items():
+            for start in range(0, len(events_of), MAX_EVENTS_PER_MESSAGE):
+                chunk = events_of[start : start + MAX_EVENTS_PER_MESSAGE]
+                pending.append(
+                    await self.topic.send(
+                        # The key only labels the message; the partition is set explicitly.
+                        key=chunk[0].terminal_id.encode(),
+                        value=processor.encode_terminal_events(chunk),
+                        partition=partition,
+                        headers=headers,
+                    )
+                )
         # Acked before the batch is acked (and before the online push), so none can be lost.
         if pending:
             await asyncio.gather(*pending)
@@ -151,13 +161,12 @@ class TerminalForwarder:
 
 async def until_done(
     kind: str,
-    handle: Callable[[Sequence[EventT]], Awaitable[None]],
-    batch: Sequence[EventT],
+    handle: Callable[[Sequence[Record]], Awaitable[None]],
+    batch: Sequence[Record],
     retry_max_s: float,
 ) -> None:
     """Handle a batch, retrying it whole on any error (handlers change nothing until they succeed;
-    a retry can at worst repeat DLQ sends). Raising instead would lose it: faust acks the batch
-    and restarts the agent."""
+    a retry can at worst repeat DLQ sends). Raising instead would stop the intake."""
     delay = 0.1
     while True:
         try:
@@ -187,7 +196,7 @@ class TransactionHandler:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.forwarder = forwarder
 
-    async def handle(self, batch: Sequence[EventT]) -> None:
+    async def handle(self, batch: Sequence[Record]) -> None:
         with tracing.batch_span("stream.transactions", batch) as span:
             valid: list[ValidTransaction] = await accept(
                 "transaction", batch, processor.parse_transaction, self.dead_letters
@@ -259,11 +268,11 @@ class LabelHandler:
         self.dead_letters = dead_letters
         self.forwarder = forwarder
 
-    async def handle(self, batch: Sequence[EventT]) -> None:
+    async def handle(self, batch: Sequence[Record]) -> None:
         with tracing.batch_span("stream.labels", batch):
             await self._handle(batch)
 
-    async def _handle(self, batch: Sequence[EventT]) -> None:
+    async def _handle(self, batch: Sequence[Record]) -> None:
         rows: list[dict[str, Any]] = await accept(
             "label", batch, processor.parse_label, self.dead_letters
         )
@@ -289,7 +298,7 @@ class TerminalHandler:
         self.cache = cache
         self.allowed_lateness_ms = allowed_lateness_ms
 
-    async def handle(self, batch: Sequence[EventT]) -> None:
+    async def handle(self, batch: Sequence[Record]) -> None:
         with tracing.batch_span("stream.terminals", batch):
             messages: list[list[TerminalEvent]] = await accept(
                 "terminal", batch, processor.parse_terminal_events, self.dead_letters
@@ -343,14 +352,9 @@ class LagTracker:
     def __init__(self, highwater: Callable[[Any], int | None]) -> None:
         self.highwater = highwater
 
-    def observe(self, batch: Sequence[EventT]) -> None:
-        newest: dict[Any, int] = {}
-        for event in batch:
-            tp = event.message.tp
-            offset = event.message.offset
-            if offset > newest.get(tp, -1):
-                newest[tp] = offset
-        for tp, offset in newest.items():
+    def observe(self, handled: Mapping[TP, int]) -> None:
+        """`handled`: the newest handled offset per partition."""
+        for tp, offset in handled.items():
             try:
                 highwater = self.highwater(tp)
             except Exception:  # the consumer may be mid-rebalance; next batch updates it
@@ -363,6 +367,7 @@ class LagTracker:
 
 def attach(
     app: AppT,
+    intake: BatchIntake,
     *,
     transactions: TopicT,
     labels: TopicT,
@@ -370,36 +375,40 @@ def attach(
     label_handler: LabelHandler,
     cache: StateCache[CachedCard],
     batch_size: int,
-    batch_window_s: float,
     retry_max_s: float,
     terminal_events: TopicT | None = None,
     terminal_handler: TerminalHandler | None = None,
+    terminal_batch_size: int = 1,
 ) -> None:
-    """Register the agents and the rebalance hook on `app`."""
+    """Subscribe `app` to the topics, route their batches to the handlers through `intake`
+    (the transport of `app` must have been built with it) and register the rebalance hook.
+
+    `terminal_batch_size` counts messages of the terminal-events topic, each of which already
+    holds a transaction batch's events for one partition: the number of partitions is about
+    one transaction batch."""
     lag = LagTracker(lambda tp: app.consumer.highwater(tp))
+    intake.on_handled = lag.observe
 
-    @app.agent(transactions, name="transactions")
-    async def transactions_agent(stream: Any) -> None:
-        async for batch in stream.take_events(batch_size, within=batch_window_s):
-            await until_done("transaction", transaction_handler.handle, batch, retry_max_s)
-            lag.observe(batch)
+    def route(
+        topic: TopicT,
+        kind: str,
+        handle: Callable[[Sequence[Record]], Awaitable[None]],
+        size: int,
+    ) -> None:
+        async def handle_batch(batch: Sequence[Record]) -> None:
+            await until_done(kind, handle, batch, retry_max_s)
 
-    @app.agent(labels, name="labels")
-    async def labels_agent(stream: Any) -> None:
-        async for batch in stream.take_events(batch_size, within=batch_window_s):
-            await until_done("label", label_handler.handle, batch, retry_max_s)
-            lag.observe(batch)
+        for name in topic.topics:
+            intake.routes[name] = Route(handle_batch, max(1, size))
+        # faust subscribes the consumer group to the conductor's topics.
+        app.topics.add(topic)
 
+    route(transactions, "transaction", transaction_handler.handle, batch_size)
+    route(labels, "label", label_handler.handle, batch_size)
     caches: list[StateCache[CachedCard] | StateCache[CachedTerminal]] = [cache]
     if terminal_events is not None and terminal_handler is not None:
-        handler = terminal_handler
-        caches.append(handler.cache)
-
-        @app.agent(terminal_events, name="terminals")
-        async def terminals_agent(stream: Any) -> None:
-            async for batch in stream.take_events(batch_size, within=batch_window_s):
-                await until_done("terminal", handler.handle, batch, retry_max_s)
-                lag.observe(batch)
+        route(terminal_events, "terminal", terminal_handler.handle, terminal_batch_size)
+        caches.append(terminal_handler.cache)
 
     # Another worker may own a revoked partition's keys now: its cached states would go stale.
     # Keys do not map to partitions here, so the whole caches go, on revoke and on assign.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
 from pathlib import Path
@@ -56,11 +57,12 @@ def make_app(
     sink: FeastSink,
     terminal_partitions: int | None = None,
 ) -> faust.App:
-    """One App: the transactions, labels and terminal agents writing through `sink`.
+    """One App: the transactions, labels and terminal-events handlers writing through `sink`.
 
     `terminal_partitions`: of the internal terminal-events topic (default: asked from Kafka).
     """
-    consumer_transport = transport.transport_class(stream_settings.fetch_max_wait_ms)
+    intake = transport.BatchIntake(batch_window_s=stream_settings.batch_window_s)
+    consumer_transport = transport.transport_class(stream_settings.fetch_max_wait_ms, intake)
 
     class App(faust.App):
         def _new_transport(self) -> faust.types.TransportT:
@@ -99,6 +101,7 @@ def make_app(
     forwarder = agents.TerminalForwarder(terminal_events, terminal_partitions)
     agents.attach(
         app,
+        intake,
         transactions=raw_topic(kafka_settings.transactions_topic),
         labels=raw_topic(kafka_settings.labels_topic),
         transaction_handler=agents.TransactionHandler(
@@ -111,7 +114,6 @@ def make_app(
         label_handler=agents.LabelHandler(store, agents.DeadLetters(dlq, "label"), forwarder),
         cache=cache,
         batch_size=stream_settings.batch_size,
-        batch_window_s=stream_settings.batch_window_s,
         retry_max_s=stream_settings.write_retry_max_s,
         terminal_events=terminal_events,
         terminal_handler=agents.TerminalHandler(
@@ -120,6 +122,7 @@ def make_app(
             terminal_cache,
             allowed_lateness_ms=stream_settings.terminal_allowed_lateness_s * 1000,
         ),
+        terminal_batch_size=terminal_partitions,
     )
     return app
 
@@ -154,6 +157,17 @@ def prepare(
     return feast_repo.prepare_and_apply(feast_settings, redis_settings)
 
 
+def tune_gc(gen0_threshold: int) -> None:
+    """Fewer young collections, and none that walks the startup objects (modules, Feast's
+    registry, faust's services) again: they are moved to the permanent generation."""
+    if gen0_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
 def run_worker() -> int:
     """Run the worker until SIGTERM/SIGINT; configured only by environment variables."""
     kafka_settings = KafkaSettings()
@@ -164,6 +178,7 @@ def run_worker() -> int:
     stream_settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(kafka_settings, stream_settings, sink)
     metrics.serve(stream_settings.metrics_port)
+    tune_gc(stream_settings.gc_gen0_threshold)
     log.info(
         "stream worker %s: %s -> feast repo %s",
         stream_settings.app_id,

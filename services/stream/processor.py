@@ -264,7 +264,7 @@ TerminalEventKind = Literal["transaction", "label"]
 
 @dataclass(frozen=True)
 class TerminalEvent:
-    """A counted transaction or a label, as the terminal agent needs it."""
+    """A counted transaction or a label, as the terminal handler needs it."""
 
     kind: TerminalEventKind
     transaction_id: str
@@ -436,14 +436,14 @@ def fold_terminal_batch(
         events_of.sort(key=TerminalEvent.order)
         current = states.get(terminal_id)
         state = current.copy() if current is not None else TerminalState()
+        tile_rows = _TerminalTileRows(state)
         rows: list[tuple[str, int, dict[str, object]]] = []
         for event in events_of:
             outcome = fold_terminal_event(state, event, allowed_lateness_ms)
             result.outcomes[outcome] += 1
             if outcome is not Outcome.APPLIED:
                 continue
-            tiles_only = TerminalState(last_event_ms=state.last_event_ms, tiles=state.tiles)
-            rows.append((terminal_id, event.stamp_ms, features.terminal_to_row(tiles_only)))
+            rows.append((terminal_id, event.stamp_ms, tile_rows.row(event.transaction_ms)))
         if rows:
             # Events that are not APPLIED change nothing: the final state is the state after
             # the last applied one.
@@ -451,3 +451,47 @@ def fold_terminal_batch(
             result.state_rows.extend(rows)
             result.states[terminal_id] = state
     return result
+
+
+class _TerminalTileRows:
+    """`features.terminal_to_row` of a terminal's tiles (no dedup ids) after each event, built
+    from the previous row: an event changes one tile per spec (its transaction's), so unless
+    tiles came or went, the row is the previous one with that tile's values replaced. Lists
+    are never changed once in a row (rows share the unchanged ones)."""
+
+    def __init__(self, state: TerminalState) -> None:
+        self.state = state
+        #: spec name -> (tile indices, counts, frauds, position of each index)
+        self.columns: dict[str, tuple[list[int], list[int], list[int], dict[int, int]]] = {}
+
+    def row(self, transaction_ms: int) -> dict[str, object]:
+        state = self.state
+        row: dict[str, object] = {"t_last_event_ms": state.last_event_ms}
+        for spec in features.TERMINAL_TILE_SPECS:
+            tiles = state.tiles[spec.name]
+            cached = self.columns.get(spec.name)
+            idx = transaction_ms // spec.ms
+            position = cached[3].get(idx) if cached is not None else None
+            if cached is None or position is None or len(cached[0]) != len(tiles):
+                # Tiles came or went (same count and the event's tile known: none did).
+                indices = sorted(tiles)
+                counts = [int(tiles[i][0]) for i in indices]
+                frauds = [int(tiles[i][1]) for i in indices]
+                cached = (indices, counts, frauds, {i: n for n, i in enumerate(indices)})
+            else:
+                indices, counts, frauds, positions = cached
+                tile = tiles[idx]
+                count, fraud = int(tile[0]), int(tile[1])
+                if counts[position] != count:
+                    counts = counts.copy()
+                    counts[position] = count
+                if frauds[position] != fraud:
+                    frauds = frauds.copy()
+                    frauds[position] = fraud
+                cached = (indices, counts, frauds, positions)
+            self.columns[spec.name] = cached
+            k_idx, k_cnt, k_fraud = features.TERMINAL_COLUMN_NAMES[spec.name]
+            row[k_idx], row[k_cnt], row[k_fraud] = cached[0], cached[1], cached[2]
+        row["t_recent_ids"], row["t_recent_ms"] = [], []
+        row["t_fraud_ids"], row["t_fraud_ms"] = [], []
+        return row

@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from faust.types import EventT
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Link
@@ -37,15 +36,15 @@ def _traceparent(headers: Any) -> bytes | str | None:
 
 
 @contextlib.contextmanager
-def batch_span(name: str, batch: Sequence[EventT]) -> Iterator[trace.Span | None]:
+def batch_span(name: str, batch: Sequence[Any]) -> Iterator[trace.Span | None]:
     """`name` span around a batch's handling (None when tracing is off)."""
     if not enabled():
         yield None
         return
     # Many messages of one publish share a traceparent: extract each distinct one once.
     distinct: dict[bytes | str, None] = {}
-    for event in batch:
-        value = _traceparent(getattr(event.message, "headers", None))
+    for record in batch:
+        value = _traceparent(getattr(record, "headers", None))
         if value:
             distinct.setdefault(value, None)
     contexts = [telemetry.context_from_kafka_headers([(_TRACEPARENT, v)]) for v in distinct]

@@ -55,8 +55,10 @@ class FakeTopic:
 
 
 def event(value: bytes, offset: int) -> Any:
-    message = SimpleNamespace(topic="tx", partition=0, offset=offset, key=b"k", value=value)
-    return SimpleNamespace(message=message)
+    """A consumed record as the batch intake hands it over (aiokafka's `ConsumerRecord`)."""
+    return SimpleNamespace(
+        topic="tx", partition=0, offset=offset, key=b"k", value=value, headers=[]
+    )
 
 
 def txn_bytes(tid: str, card: str, event_ms: int) -> bytes:
@@ -148,14 +150,11 @@ def test_consumer_lag_is_the_fetch_highwater_minus_the_next_offset() -> None:
 
     tp = TP("lag-topic", 3)
 
-    def lag_event(offset: int) -> Any:
-        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
-
     tracker = agents.LagTracker(lambda _: 120)
-    tracker.observe([lag_event(10), lag_event(99), lag_event(42)])
+    tracker.observe({tp: 99})  # the newest handled offset of the partition
     gauge = metrics.CONSUMER_LAG.labels("lag-topic", "3")
     assert gauge._value.get() == 20  # highwater 120, next offset 100
-    agents.LagTracker(lambda _: 50).observe([lag_event(99)])  # stale highwater: never negative
+    agents.LagTracker(lambda _: 50).observe({tp: 99})  # stale highwater: never negative
     assert gauge._value.get() == 0
-    agents.LagTracker(lambda _: None).observe([lag_event(5)])  # not fetched yet: unchanged
+    agents.LagTracker(lambda _: None).observe({tp: 5})  # not fetched yet: unchanged
     assert gauge._value.get() == 0

@@ -369,3 +369,50 @@ def test_terminal_history_rows_carry_dedup_ids_only_in_each_terminals_last_row()
             assert all(got[k] == [] for k in dedup)
     assert result.final_rows()["ta"]["t_recent_ids"] == ["x0", "x2", "x3"]
     assert result.outcomes[Outcome.DUPLICATE] == 1
+
+
+def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
+    """The history rows are built incrementally (one tile per spec changes per event): over
+    many batches, with hour and day tiles created and pruned, labels on old tiles, late and
+    duplicate events, every row's tiles equal a plain replay's `terminal_to_row`."""
+    import random
+
+    rng = random.Random(11)
+    lateness_ms = 3_600_000
+    states: dict[str, features.TerminalState] = {}
+    replay: dict[str, features.TerminalState] = {}
+    now, n = T0, 0
+    dedup = ("t_recent_ids", "t_recent_ms", "t_fraud_ids", "t_fraud_ms")
+    for _ in range(60):
+        events = []
+        for _ in range(rng.randint(1, 120)):
+            now += rng.randint(0, 40 * 60_000)
+            n += 1
+            terminal = f"t{rng.randint(0, 5)}"
+            if rng.random() < 0.2:
+                txn_ms = now - rng.randint(0, 40 * 86_400_000)
+                tid = f"x{rng.randint(0, n)}"
+                events.append(
+                    processor.TerminalEvent("label", tid, terminal, txn_ms, now, rng.random() < 0.8)
+                )
+            else:
+                ms = now - rng.choice([0, 0, 60_000, 2 * lateness_ms])
+                tid = f"x{n}" if rng.random() > 0.1 else f"x{rng.randint(0, n)}"
+                events.append(processor.TerminalEvent("transaction", tid, terminal, ms, ms))
+        result = processor.fold_terminal_batch(events, states, lateness_ms)
+        states.update(result.states)
+        expected = []
+        for event in sorted(events, key=lambda e: (e.terminal_id, e.order())):
+            state = replay.setdefault(event.terminal_id, features.TerminalState())
+            if processor.fold_terminal_event(state, event, lateness_ms) is Outcome.APPLIED:
+                expected.append(
+                    (event.terminal_id, event.stamp_ms, features.terminal_to_row(state))
+                )
+        got = sorted(result.state_rows, key=lambda r: r[0])  # stable: per terminal in order
+        assert len(got) == len(expected)
+        for (terminal, stamp, row), (e_terminal, e_stamp, e_row) in zip(got, expected, strict=True):
+            assert (terminal, stamp) == (e_terminal, e_stamp)
+            assert {k: v for k, v in row.items() if k not in dedup} == {
+                k: v for k, v in e_row.items() if k not in dedup
+            }
+    assert sum(len(s.tiles["h"]) for s in states.values()) > 0
