@@ -80,6 +80,130 @@ def split_dataset(
     return train_rows, split.eval_set(rest, window), in_test_period
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    """Steps 1 and 2 of a run, whichever engine did them."""
+
+    trained: train.TrainedModel
+    #: `split.eval_set`'s rows (with both classes: checked before fitting).
+    test_rows: pd.DataFrame
+    #: Rows in the test period before the known-compromised cards were left out.
+    in_test_period: int
+    stats: dataset.DatasetStats
+    train_count: int
+    train_positives: int
+    #: Training rows the drift reference is binned over: all of them locally, a sample on Dask.
+    reference_rows: pd.DataFrame
+
+
+def _check_test_labels(labels: pd.Series) -> None:
+    if labels.empty or labels.nunique() < 2:
+        raise TrainingError(
+            f"the test period has {int(labels.sum())} fraud and "
+            f"{int((labels == 0).sum())} genuine rows: both are needed to evaluate"
+        )
+
+
+def _fit_locally(
+    repo_dir: Path,
+    cutoff_ms: int,
+    window: split.SplitWindow,
+    s: TrainingSettings,
+    started: float,
+) -> _Fitted:
+    log.info("step 1/4: dataset (point-in-time join of the window's transactions)")
+    data, stats = dataset.build_dataset(
+        repo_dir,
+        cutoff_ms,
+        start_ms=window.train_start_ms,
+        end_ms=min(window.test_end_ms, cutoff_ms + 1),
+        engine=s.pit_engine,
+        # The delay days are neither trained nor tested on: only their frauds are needed.
+        skip=(window.train_end_ms, window.test_start_ms),
+    )
+    # Arrow's allocator keeps what the join freed unless asked to give it back.
+    pa.default_memory_pool().release_unused()
+    # Handed over in a list so that split_dataset holds the only reference and can free it.
+    holder = [data]
+    del data
+    train_rows, test_rows, in_test_period = split_dataset(holder, window)
+    _check_test_labels(test_rows["label"])
+    train_positives = int(train_rows["label"].sum())
+    log.info(
+        "step 2/4: training on %s rows (%s frauds) after %.1f s",
+        len(train_rows),
+        train_positives,
+        time.perf_counter() - started,
+    )
+    trained = train.train_model(train_rows, s, window.validation_start_ms)
+    return _Fitted(
+        trained=trained,
+        test_rows=test_rows,
+        in_test_period=in_test_period,
+        stats=stats,
+        train_count=len(train_rows),
+        train_positives=train_positives,
+        reference_rows=train_rows,
+    )
+
+
+def _fit_on_dask(
+    repo_dir: Path,
+    cutoff_ms: int,
+    window: split.SplitWindow,
+    s: TrainingSettings,
+    started: float,
+) -> _Fitted:
+    """Steps 1 and 2 on the cluster: the dataset is built, split and fitted on in partitions;
+    only the test rows, the validation days and a sample for the drift reference come here."""
+    if s.pit_engine != "asof":
+        log.warning("the dask engine joins with 'asof' (pit_engine %r is local only)", s.pit_engine)
+    with dask_train.connect(s) as client:
+        log.info("step 1/4: dataset on the cluster (point-in-time join per partition)")
+        partitions = dask_train.build_partitions(
+            repo_dir,
+            cutoff_ms,
+            start_ms=window.train_start_ms,
+            end_ms=min(window.test_end_ms, cutoff_ms + 1),
+            skip=(window.train_end_ms, window.test_start_ms),
+        )
+        parts = dask_train.split_partitions(client, partitions, window)
+        stats = parts.stats
+        log.info(
+            "dataset: %s rows, %s positives, %s without card history, %s without terminal "
+            "history, %s without any, %s duplicates",
+            stats.rows,
+            stats.positives,
+            stats.no_history,
+            stats.no_terminal_history,
+            stats.feast_dropped,
+            stats.duplicate_transactions,
+        )
+        _check_test_labels(parts.test["label"])
+        counts = parts.train["label"].value_counts().compute()
+        train_count, train_positives = int(counts.sum()), int(counts.get(1, 0))
+        log.info(
+            "step 2/4: training on %s rows (%s frauds) in %s partitions after %.1f s",
+            train_count,
+            train_positives,
+            parts.train.npartitions,
+            time.perf_counter() - started,
+        )
+        trained = dask_train.train_partitions(client, parts.train, s, window.validation_start_ms)
+        sample = dask_train.reference_sample(
+            parts.train[list(features.FEATURE_NAMES)], train_count, s.seed
+        )
+    return _Fitted(
+        trained=trained,
+        test_rows=parts.test,
+        in_test_period=parts.in_test_period,
+        stats=stats,
+        train_count=train_count,
+        train_positives=train_positives,
+        reference_rows=sample,
+    )
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -122,37 +246,10 @@ def run_training(
         split.iso(cutoff_ms),
     )
     started = time.perf_counter()
-    log.info("step 1/4: dataset (point-in-time join of the window's transactions)")
-    data, stats = dataset.build_dataset(
-        repo_dir,
-        cutoff_ms,
-        start_ms=window.train_start_ms,
-        end_ms=min(window.test_end_ms, cutoff_ms + 1),
-        engine=training_settings.pit_engine,
-        # The delay days are neither trained nor tested on: only their frauds are needed.
-        skip=(window.train_end_ms, window.test_start_ms),
-    )
-    # Arrow's allocator keeps what the join freed unless asked to give it back.
-    pa.default_memory_pool().release_unused()
-    # Handed over in a list so that split_dataset holds the only reference and can free it.
-    holder = [data]
-    del data
-    train_rows, test_rows, in_test_period = split_dataset(holder, window)
+    build = _fit_on_dask if s.engine == "dask" else _fit_locally
+    fitted = build(repo_dir, cutoff_ms, window, s, started)
+    trained, test_rows, stats = fitted.trained, fitted.test_rows, fitted.stats
     test_labels = test_rows["label"]
-    if test_labels.empty or test_labels.nunique() < 2:
-        raise TrainingError(
-            f"the test period has {int(test_labels.sum())} fraud and "
-            f"{int((test_labels == 0).sum())} genuine rows: both are needed to evaluate"
-        )
-
-    log.info(
-        "step 2/4: training on %s rows (%s frauds) after %.1f s",
-        len(train_rows),
-        int(train_rows["label"].sum()),
-        time.perf_counter() - started,
-    )
-    fit = dask_train.fit if s.engine == "dask" else train.train_model
-    trained = fit(train_rows, s, window.validation_start_ms)
     log.info("step 3/4: evaluating on %s test rows", len(test_rows))
     scores = train.predict(trained.booster, test_rows)
     metrics = evaluate.evaluate(test_labels, scores, test_rows["card_id"], test_rows["event_ms"])
@@ -176,11 +273,11 @@ def run_training(
         "rows": {
             "dataset": stats.rows,
             "delay_days_skipped": stats.skipped,
-            "train": len(train_rows),
-            "train_positives": int(train_rows["label"].sum()),
+            "train": fitted.train_count,
+            "train_positives": fitted.train_positives,
             "test": len(test_rows),
             "test_positives": int(test_labels.sum()),
-            "test_excluded_known_compromised": in_test_period - len(test_rows),
+            "test_excluded_known_compromised": fitted.in_test_period - len(test_rows),
             "feast_dropped": stats.feast_dropped,
             "no_history": stats.no_history,
             "no_terminal_history": stats.no_terminal_history,
@@ -210,8 +307,8 @@ def run_training(
     staging = Path(tempfile.mkdtemp(dir=registry.root, prefix=".report."))
     # The monitor's drift baseline: the training window as this model saw it and scored it.
     drift_reference = reference.build_reference(
-        train_rows.loc[:, list(features.FEATURE_NAMES)].reset_index(drop=True),
-        train.predict(trained.booster, train_rows),
+        fitted.reference_rows.loc[:, list(features.FEATURE_NAMES)].reset_index(drop=True),
+        train.predict(trained.booster, fitted.reference_rows),
     )
     try:
         _write_report(staging, test_labels.to_numpy(), scores, metrics, trained, champion, metadata)

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from services.common.settings import FeastSettings, RedisSettings, TrainingSettings
+from services.simulator.config import DAY_MS
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,14 @@ log = logging.getLogger(__name__)
 TERMINALS_PER_CUSTOMER = 2
 HANDBOOK_TERMINALS = 10_000
 HANDBOOK_RADIUS = 5.0
+HANDBOOK_CUSTOMERS = 5_000
 #: Customers of the probe world that measures transactions per customer-day.
 PROBE_CUSTOMERS = 5_000
 MANIFEST = "bench-train.json"
+#: Days simulated before the window but not kept: a compromise lasts up to 28 days, so a world
+#: that starts at the window's first day would have only a few of them active in its first
+#: weeks (about half the handbook's steady fraud share over a 21-day window).
+WARMUP_DAYS = 28
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class BenchConfig:
     work_dir: Path
     reuse: bool = False
     seed: int = 0
+    #: Days simulated and backfilled before the training window: feature history (card and
+    #: terminal windows look back up to 37 days). Without it the training week has no terminal
+    #: risk at all (its 7-day-delayed windows start before the data), which limits the model.
+    history_days: int = 0
 
 
 class PeakRss:
@@ -109,6 +119,19 @@ def timed_calls(target: Any, name: str, totals: dict[str, float], key: str) -> I
         setattr(target, name, original)
 
 
+def compromised_per_day(customers: int, terminals: int) -> tuple[int, int]:
+    """(terminals, customers) compromised per day in a world of this size: the handbook's 2
+    per 10,000 terminals and 3 per 5,000 customers, so the fraud share stays the handbook's
+    (~0.8 % of transactions) at any size. At least one of each: a world much smaller than
+    the handbook's then has a larger share, but still all three scenarios."""
+    from services.simulator.config import S2_TERMINALS_PER_DAY, S3_CUSTOMERS_PER_DAY
+
+    return (
+        max(1, round(S2_TERMINALS_PER_DAY * terminals / HANDBOOK_TERMINALS)),
+        max(1, round(S3_CUSTOMERS_PER_DAY * customers / HANDBOOK_CUSTOMERS)),
+    )
+
+
 def world_size(transactions: int, days: int, seed: int) -> tuple[int, int, float]:
     """(customers, terminals, radius) for about `transactions` over `days` days."""
     from services.simulator.config import SimConfig
@@ -125,34 +148,52 @@ def world_size(transactions: int, days: int, seed: int) -> tuple[int, int, float
 def _prepare(config: BenchConfig, training: TrainingSettings) -> dict[str, Any]:
     """Simulate and backfill into a fresh repo, or reuse the last one (its manifest)."""
     from services.simulator.config import SimConfig
-    from services.simulator.generate import labels_for, simulate
+    from services.simulator.generate import labels_for, simulate_days
     from training import backfill, pipeline
 
     manifest_path = config.work_dir / MANIFEST
     if config.reuse and manifest_path.exists():
         manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        if manifest.get("requested") == config.transactions:
+        # A store from before the fraud scenarios scaled with the world has no fraud_share.
+        if (
+            manifest.get("requested") == config.transactions
+            and manifest.get("history_days") == config.history_days
+            and "fraud_share" in manifest
+        ):
             log.info("reusing the offline store of %s", config.work_dir)
             return manifest
     days = training.train_days + training.delay_days + training.test_days
     customers, terminals, radius = world_size(config.transactions, days, config.seed)
+    terminals_per_day, customers_per_day = compromised_per_day(customers, terminals)
     sim = SimConfig(
         n_customers=customers,
         n_terminals=terminals,
-        n_days=days,
+        n_days=WARMUP_DAYS + config.history_days + days,
         radius=radius,
         seed=config.seed,
+        terminals_compromised_per_day=terminals_per_day,
+        customers_compromised_per_day=customers_per_day,
     )
     started = time.perf_counter()
-    frame = simulate(sim)
+    frame = simulate_days(sim, WARMUP_DAYS, WARMUP_DAYS + config.history_days + days)
     labels = labels_for(frame, config.seed)
     simulate_s = time.perf_counter() - started
+    window_start_ms = sim.start_ms + (WARMUP_DAYS + config.history_days) * DAY_MS
+    in_window = frame["event_ms"].to_numpy() >= window_start_ms
+    window_rows = int(in_window.sum())
+    frauds = int(frame["is_fraud"].to_numpy()[in_window].sum())
     log.info(
-        "simulated %s transactions (%s customers, %s terminals, %s days) in %.1fs",
+        "simulated %s transactions (%s in the %s-day window: %s frauds, %.2f %%; %s customers, "
+        "%s terminals; %s terminals and %s customers compromised a day) in %.1fs",
         len(frame),
+        window_rows,
+        days,
+        frauds,
+        100 * frauds / max(1, window_rows),
         customers,
         terminals,
-        days,
+        terminals_per_day,
+        customers_per_day,
         simulate_s,
     )
     feast = FeastSettings(
@@ -164,10 +205,19 @@ def _prepare(config: BenchConfig, training: TrainingSettings) -> dict[str, Any]:
     backfill.backfill(repo_dir, frame, labels, online=False)
     manifest = {
         "requested": config.transactions,
-        "transactions": len(frame),
+        "transactions": window_rows,
+        "history_days": config.history_days,
+        "history_transactions": len(frame) - window_rows,
+        "fraud_share": round(frauds / max(1, window_rows), 5),
         "feast_work_dir": str(feast.work_dir),
         "feast_project": feast.project,
-        "cutoff_ms": int(frame["event_ms"].max()) + 1,
+        # After the last label arrives: the test period is scored against final labels, as
+        # the handbook scores it (training still sees only those known when testing starts).
+        "cutoff_ms": max(
+            int(frame["event_ms"].max()),
+            int(labels["reported_ms"].max()) if len(labels) else 0,
+        )
+        + 1,
         "simulate_s": round(simulate_s, 3),
         "backfill_s": round(time.perf_counter() - started, 3),
         "backfill_cpu_s": round(cpu_seconds() - cpu0, 3),
@@ -213,6 +263,13 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "dataset_rows": int(result.metadata["rows"]["dataset"]),
         # The delay days' rows the dataset leaves out (all but their frauds).
         "dataset_skipped": int(result.metadata["rows"]["delay_days_skipped"]),
+        "history_days": manifest["history_days"],
+        "history_transactions": manifest["history_transactions"],
+        "fraud_share": manifest["fraud_share"],
+        "train_positives": int(result.metadata["rows"]["train_positives"]),
+        "test_positives": int(result.metadata["rows"]["test_positives"]),
+        "best_iteration": int(result.metadata["best_iteration"]),
         "auc_roc": round(float(result.metrics["auc_roc"]), 4),
+        "average_precision": round(float(result.metrics["average_precision"]), 4),
         "model_version": result.version,
     }

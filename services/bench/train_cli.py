@@ -29,6 +29,13 @@ def register(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--transactions (skips simulation and backfill; backfill_s is the earlier one)",
     )
     bench.add_argument("--seed", type=int, default=0, help="simulation seed")
+    bench.add_argument(
+        "--history-days",
+        type=int,
+        default=0,
+        help="days of feature history simulated and backfilled before the training window "
+        "(not counted in --transactions); 0: the window's own data only",
+    )
     bench.set_defaults(func=_train)
 
 
@@ -41,12 +48,15 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.transactions < 1_000:
         raise SystemExit("--transactions must be >= 1000")
+    if args.history_days < 0:
+        raise SystemExit("--history-days must be >= 0")
     figures = train.run(
         train.BenchConfig(
             transactions=args.transactions,
             work_dir=Path(args.work_dir),
             reuse=args.reuse,
             seed=args.seed,
+            history_days=args.history_days,
         )
     )
     # The one line a script reads: everything before it is logging.

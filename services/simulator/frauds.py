@@ -6,6 +6,9 @@
 3. Each day 3 random customers are compromised: during the next 14 days, a third of their
    transactions (drawn at random, a whole third of that window) get amount * 5 and are fraud.
 
+The daily counts of scenarios 2 and 3 are the handbook's by default; `SimConfig` can raise them
+with the world's size (`fraudctl bench train` does) to keep the handbook's fraud share.
+
 Later scenarios override earlier ones, as in the handbook. The daily draws come from streams
 keyed by (seed, day), so a compromise that started before a requested range still applies in
 it. A transaction picked by two overlapping scenario-3 compromises is multiplied once, not twice.
@@ -32,14 +35,18 @@ STREAM_S3 = 30
 STREAM_S3_PICK = 31
 
 
-def compromised_terminals(seed: int, day: int, n_terminals: int) -> np.ndarray:
+def compromised_terminals(
+    seed: int, day: int, n_terminals: int, per_day: int = S2_TERMINALS_PER_DAY
+) -> np.ndarray:
     rng = np.random.default_rng([seed, STREAM_S2, day])
-    return rng.choice(n_terminals, S2_TERMINALS_PER_DAY, replace=False)
+    return rng.choice(n_terminals, per_day, replace=False)
 
 
-def compromised_customers(seed: int, day: int, n_customers: int) -> np.ndarray:
+def compromised_customers(
+    seed: int, day: int, n_customers: int, per_day: int = S3_CUSTOMERS_PER_DAY
+) -> np.ndarray:
     rng = np.random.default_rng([seed, STREAM_S3, day])
-    return rng.choice(n_customers, S3_CUSTOMERS_PER_DAY, replace=False)
+    return rng.choice(n_customers, per_day, replace=False)
 
 
 def context_days(first_day: int, last_day: int) -> tuple[int, int]:
@@ -71,11 +78,23 @@ def label(
         for event_day in range(max(0, first_day - S2_DAYS + 1), last_day):
             lo = max(event_day, first_day) - first_day
             hi = min(event_day + S2_DAYS, last_day) - first_day
-            compromised[compromised_terminals(seed, event_day, n_terminals), lo:hi] = True
+            hit = compromised_terminals(
+                seed, event_day, n_terminals, config.terminals_compromised_per_day
+            )
+            compromised[hit, lo:hi] = True
         rows = np.flatnonzero((day >= first_day) & (day < last_day))
         scenario[rows[compromised[terminal[rows], day[rows] - first_day]]] = 2
 
-    picked = _scenario3_rows(seed, day, raw.seq, customer, first_day, last_day, config.n_customers)
+    picked = _scenario3_rows(
+        seed,
+        day,
+        raw.seq,
+        customer,
+        first_day,
+        last_day,
+        config.n_customers,
+        config.customers_compromised_per_day,
+    )
     amount[picked] *= S3_MULTIPLIER
     scenario[picked] = 3
     return amount, scenario
@@ -89,6 +108,7 @@ def _scenario3_rows(
     first_day: int,
     last_day: int,
     n_customers: int,
+    per_day: int = S3_CUSTOMERS_PER_DAY,
 ) -> np.ndarray:
     picked = np.zeros(len(day), dtype=bool)
     # By customer, then time: one compromise window is a contiguous slice.
@@ -96,7 +116,7 @@ def _scenario3_rows(
     by_customer = customer[order]
     by_day = day[order]
     for event_day in range(max(0, first_day - S3_DAYS + 1), last_day):
-        for victim in compromised_customers(seed, event_day, n_customers):
+        for victim in compromised_customers(seed, event_day, n_customers, per_day):
             c_lo = int(np.searchsorted(by_customer, victim, "left"))
             c_hi = int(np.searchsorted(by_customer, victim, "right"))
             days = by_day[c_lo:c_hi]

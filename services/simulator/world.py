@@ -8,6 +8,7 @@ full `Transaction` message.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +29,6 @@ ECOMMERCE_MCCS: tuple[str, ...] = ("5732", "5942", "4722", "5815", "5964")
 ATM_MCC = "6011"
 #: Shares of card-present, e-commerce and ATM terminals.
 CHANNEL_SHARES = (0.80, 0.15, 0.05)
-
-# Customers per distance block: bounds the temporary block at ~chunk x n_terminals floats.
-_RADIUS_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -81,21 +79,67 @@ def terminals_within_radius(
     terminal_y: np.ndarray,
     radius: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (ptr, idx) of the terminals strictly within `radius` of each customer, ids ascending."""
+    """CSR (ptr, idx) of the terminals strictly within `radius` of each customer, ids ascending.
+
+    Customers and terminals are bucketed into square cells of side `radius`: a terminal within
+    the radius lies in the customer's cell or one of its 8 neighbours, so each customer is
+    compared with those cells' terminals only. Comparing every customer with every terminal
+    took ~50 CPU minutes for the 243,000 customers of a 10M-transaction world. The distances
+    are computed exactly as before, so the result is the same, bit for bit.
+    """
+    n = len(customer_x)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    if n == 0 or len(terminal_x) == 0:
+        return ptr, np.zeros(0, dtype=np.int64)
     r2 = radius * radius
-    counts = np.zeros(len(customer_x), dtype=np.int64)
-    parts: list[np.ndarray] = []
-    for lo in range(0, len(customer_x), _RADIUS_CHUNK):
-        hi = min(lo + _RADIUS_CHUNK, len(customer_x))
-        dx = customer_x[lo:hi, None] - terminal_x[None, :]
-        dy = customer_y[lo:hi, None] - terminal_y[None, :]
+    x0 = min(float(customer_x.min()), float(terminal_x.min()))
+    y0 = min(float(customer_y.min()), float(terminal_y.min()))
+
+    def cells(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Shifted by one so that every neighbour of a cell has a non-negative index.
+        return (
+            np.floor((x - x0) / radius).astype(np.int64) + 1,
+            np.floor((y - y0) / radius).astype(np.int64) + 1,
+        )
+
+    customer_cx, customer_cy = cells(customer_x, customer_y)
+    terminal_cx, terminal_cy = cells(terminal_x, terminal_y)
+    rows_per_column = int(max(customer_cy.max(), terminal_cy.max())) + 2
+    terminal_key = terminal_cx * rows_per_column + terminal_cy
+    # Stable: within a cell, terminals stay in ascending id order.
+    terminal_order = np.argsort(terminal_key, kind="stable")
+    terminal_sorted = terminal_key[terminal_order]
+    customer_key = customer_cx * rows_per_column + customer_cy
+    customer_order = np.argsort(customer_key, kind="stable")
+    customer_sorted = customer_key[customer_order]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(customer_sorted)) + 1, [n]))
+    neighbours = np.array(
+        [dx * rows_per_column + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)], dtype=np.int64
+    )
+    pair_customers: list[np.ndarray] = []
+    pair_terminals: list[np.ndarray] = []
+    for lo, hi in itertools.pairwise(starts):
+        keys = customer_sorted[lo] + neighbours
+        first = np.searchsorted(terminal_sorted, keys, "left")
+        last = np.searchsorted(terminal_sorted, keys, "right")
+        candidates = np.sort(
+            np.concatenate([terminal_order[a:b] for a, b in zip(first, last, strict=True)])
+        )
+        if not len(candidates):
+            continue
+        members = customer_order[lo:hi]
+        dx = customer_x[members, None] - terminal_x[None, candidates]
+        dy = customer_y[members, None] - terminal_y[None, candidates]
         rows, cols = np.nonzero(dx * dx + dy * dy < r2)
-        counts[lo:hi] = np.bincount(rows, minlength=hi - lo)
-        parts.append(cols.astype(np.int64))
-    ptr = np.zeros(len(customer_x) + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return ptr, idx
+        pair_customers.append(members[rows])
+        pair_terminals.append(candidates[cols])
+    if not pair_customers:
+        return ptr, np.zeros(0, dtype=np.int64)
+    customers = np.concatenate(pair_customers)
+    terminals = np.concatenate(pair_terminals)
+    order = np.lexsort((terminals, customers))
+    np.cumsum(np.bincount(customers, minlength=n), out=ptr[1:])
+    return ptr, terminals[order].astype(np.int64)
 
 
 def build_world(config: SimConfig) -> World:

@@ -50,9 +50,26 @@ def test_a_small_bench_prints_its_figures_and_reuses_its_data(
     assert first["peak_rss_mb"] > 50
     assert first["cores"] >= 1
     assert first["auc_roc"] > 0.5
+    # The fraud scenarios scale with the world (at least one compromise of each kind a day):
+    # frauds in both periods, scored against final labels.
+    assert 0.003 < first["fraud_share"] < 0.1
+    assert first["train_positives"] > 20 and first["test_positives"] > 20
+    assert 1 <= first["best_iteration"] <= 300
+    assert first["history_days"] == first["history_transactions"] == 0
 
     again = _bench(tmp_path, "--reuse")
     # Same data, no second backfill: the first run's figure is reported again.
     assert again["transactions"] == first["transactions"]
     assert again["backfill_s"] == first["backfill_s"]
     assert again["model_version"] != first["model_version"]
+
+    # Feature history before the window is a different store: simulated and backfilled anew,
+    # and not counted in the window's transactions.
+    with_history = _bench(tmp_path, "--reuse", "--history-days", "7")
+    assert with_history["backfill_s"] != first["backfill_s"]
+    assert with_history["history_days"] == 7
+    assert 0.2 < with_history["history_transactions"] / with_history["transactions"] < 0.5
+    assert (
+        with_history["dataset_rows"] + with_history["dataset_skipped"]
+        == with_history["transactions"]
+    )
