@@ -32,6 +32,7 @@ class TrainedModel:
     booster: lgb.Booster
     best_iteration: int
     params: dict[str, Any]
+    #: The validation days' patience ran out before `num_boost_round` (both engines).
     early_stopped: bool
 
     def model_text(self) -> str:
@@ -134,7 +135,7 @@ def train_model(
             ],
         )
         rounds = max(1, int(probe.best_iteration or settings.num_boost_round))
-        early_stopped = True
+        early_stopped = probe.current_iteration() < settings.num_boost_round
         log.info("early stopping chose %s of %s rounds", rounds, settings.num_boost_round)
     else:
         log.warning(

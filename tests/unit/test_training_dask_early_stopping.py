@@ -3,6 +3,8 @@ same validation metric as `lightgbm.early_stopping` on the local path."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightgbm as lgb
 import numpy as np
 import pytest
@@ -35,29 +37,30 @@ def _data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[:4000], y_fit[:4000], x[4000:], y[4000:]
 
 
+def _train_watched(
+    x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, rounds: int, *callbacks: Any
+) -> tuple[lgb.Booster, list[float]]:
+    """LightGBM's own fit with the validation rows watched: the booster and its validation
+    average precision after every round, as LightGBM computed it."""
+    fit = lgb.Dataset(x, y, free_raw_data=False)
+    recorded: dict[str, dict[str, list[float]]] = {}
+    booster = lgb.train(
+        PARAMS,
+        fit,
+        num_boost_round=rounds,
+        valid_sets=[lgb.Dataset(xv, yv, reference=fit)],
+        valid_names=["validation"],
+        callbacks=[lgb.record_evaluation(recorded), *callbacks],
+    )
+    return booster, recorded["validation"]["average_precision"]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("patience", [3, 10])
 def test_the_patience_rule_picks_lightgbms_early_stopping_round(seed: int, patience: int) -> None:
     x, y, xv, yv = _data(seed)
-    fit = lgb.Dataset(x, y, free_raw_data=False)
-    recorded: dict[str, dict[str, list[float]]] = {}
-    lgb.train(
-        PARAMS,
-        fit,
-        num_boost_round=80,
-        valid_sets=[lgb.Dataset(xv, yv, reference=fit)],
-        valid_names=["validation"],
-        callbacks=[lgb.record_evaluation(recorded)],
-    )
-    stopped = lgb.train(
-        PARAMS,
-        fit,
-        num_boost_round=80,
-        valid_sets=[lgb.Dataset(xv, yv, reference=fit)],
-        valid_names=["validation"],
-        callbacks=[lgb.early_stopping(patience, verbose=False)],
-    )
-    curve = recorded["validation"]["average_precision"]
+    _, curve = _train_watched(x, y, xv, yv, 80)
+    stopped, _ = _train_watched(x, y, xv, yv, 80, lgb.early_stopping(patience, verbose=False))
     rounds, ran_out = dask_train.early_stopping_round(curve, patience)
     assert rounds == stopped.best_iteration
     assert ran_out == (stopped.current_iteration() < 80)
@@ -65,18 +68,9 @@ def test_the_patience_rule_picks_lightgbms_early_stopping_round(seed: int, patie
 
 def test_the_validation_curve_is_lightgbms_average_precision_after_every_round() -> None:
     x, y, xv, yv = _data(4)
-    fit = lgb.Dataset(x, y, free_raw_data=False)
-    recorded: dict[str, dict[str, list[float]]] = {}
-    booster = lgb.train(
-        PARAMS,
-        fit,
-        num_boost_round=40,
-        valid_sets=[lgb.Dataset(xv, yv, reference=fit)],
-        valid_names=["validation"],
-        callbacks=[lgb.record_evaluation(recorded)],
-    )
+    booster, recorded = _train_watched(x, y, xv, yv, 40)
     curve = dask_train.validation_curve(booster, xv, yv)
-    assert curve == pytest.approx(recorded["validation"]["average_precision"], abs=1e-9)
+    assert curve == pytest.approx(recorded, abs=1e-9)
 
 
 def test_the_validation_curve_stops_where_early_stopping_would() -> None:
