@@ -43,7 +43,7 @@ from services.common.settings import (
     StreamSettings,
     to_env,
 )
-from services.dev.stack import StreamWorker
+from services.dev.stack import StreamWorker, sample_key
 from services.proto.fraudscore.v1 import transaction_pb2
 
 log = logging.getLogger(__name__)
@@ -186,20 +186,30 @@ def start_worker(env_stack: Stack, batch_size: int, name: str) -> WorkerProcess:
     return WorkerProcess(env, metrics_port, env_stack.root / f"{name}.log")
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_applied(
     worker: WorkerProcess, baseline: dict[str, float], n: int, timeout_s: float
-) -> tuple[float, float]:
-    """(first consumed, all n applied online for cards and terminals) as monotonic times.
+) -> tuple[float, float, float]:
+    """(first consumed, all n applied online for cards and terminals) as monotonic times, and
+    the worker's CPU seconds between them.
 
     The first consumption is placed at the last poll that still saw none: a busy worker's
     /metrics may not answer for seconds, and the first answer showing consumption would
     start the clock late (and overstate events/s)."""
     first: float | None = None
     none_yet: float | None = None
+    cpu_first = cpu_none_yet = process_cpu_s(worker.pid)
     deadline = time.monotonic() + timeout_s
     got: dict[str, float] | None = {}
     while time.monotonic() < deadline:
         now = time.monotonic()
+        cpu = process_cpu_s(worker.pid)
         got = worker.counters()
         if got is None:
             time.sleep(0.1)
@@ -211,10 +221,11 @@ def wait_applied(
         if first is None:
             if delta("events_total:transaction") > 0:
                 first = now if none_yet is None else none_yet
+                cpu_first = cpu if none_yet is None else cpu_none_yet
             else:
-                none_yet = now
+                none_yet, cpu_none_yet = now, cpu
         if delta("applied_online_total:card") >= n and delta("applied_online_total:terminal") >= n:
-            return (first if first is not None else now), now
+            return (first if first is not None else now), now, process_cpu_s(worker.pid) - cpu_first
         time.sleep(0.1)
     raise TimeoutError(f"not all {n} transactions applied online in {timeout_s}s: {got}")
 
@@ -249,7 +260,7 @@ def measure_backlog(env_stack: Stack, events: int, cards: int, seed: int) -> dic
     produce_all(env_stack.kafka, workload.messages)
     worker = start_worker(env_stack, StreamSettings().batch_size, "worker")
     try:
-        first, done = wait_applied(worker, {}, events, timeout_s=600 + events / 200)
+        first, done, cpu_s = wait_applied(worker, {}, events, timeout_s=600 + events / 200)
         store = feast_repo.open_store(env_stack.feast.work_dir)
         check_online(store, workload)
         elapsed = done - first
@@ -257,6 +268,7 @@ def measure_backlog(env_stack: Stack, events: int, cards: int, seed: int) -> dic
         return {
             "events_per_s": round(events / elapsed, 1),
             "backlog_s": round(elapsed, 3),
+            "backlog_cpu_us_per_event": round(cpu_s / events * 1e6, 1),
             "worker": worker,
             "store": store,
         }
@@ -308,8 +320,20 @@ class ProbeWatcher:
         self._thread.join(5)
 
 
+def batch_sizes(worker: WorkerProcess) -> dict[str, tuple[float, float]]:
+    """(messages, batches) handled so far per kind, from the worker's batch-size histogram."""
+    samples = worker.metrics() or {}
+    return {
+        kind: (
+            samples.get(sample_key("fraudscore_stream_batch_size_sum", kind=kind), 0.0),
+            samples.get(sample_key("fraudscore_stream_batch_size_count", kind=kind), 0.0),
+        )
+        for kind in ("transaction", "terminal")
+    }
+
+
 def measure_freshness(
-    env_stack: Stack, store: Any, rate: float, duration_s: float, seed: int
+    env_stack: Stack, store: Any, rate: float, duration_s: float, seed: int, worker: WorkerProcess
 ) -> dict[str, Any]:
     """Publish at `rate` for `duration_s` to the running worker; probe latencies."""
     from services.scorer.redis_reader import RedisOnlineReader
@@ -323,6 +347,8 @@ def measure_freshness(
     total = int(rate * duration_s)
     probe_every = max(1, int(rate / PROBES_PER_S))
     cards = max(10, int(rate))
+    sizes_started = batch_sizes(worker)
+    cpu_started = process_cpu_s(worker.pid)
     started = time.monotonic()
     for i in range(total):
         ahead = started + i / rate - time.monotonic()
@@ -357,6 +383,14 @@ def measure_freshness(
     deadline = time.monotonic() + 60
     while watcher.pending() and time.monotonic() < deadline:
         time.sleep(0.05)
+    cpu_s = process_cpu_s(worker.pid) - cpu_started
+    sizes = batch_sizes(worker)
+    # Batches grow while the worker is behind, and a batch's fixed costs shrink per event.
+    mean_batch = {
+        kind: round((sizes[kind][0] - sizes_started[kind][0]) / batches, 1)
+        for kind in sizes
+        if (batches := sizes[kind][1] - sizes_started[kind][1]) > 0
+    }
     watcher.close()
     if watcher.pending():
         raise TimeoutError(f"{watcher.pending()} probes never became visible")
@@ -367,6 +401,9 @@ def measure_freshness(
         "freshness_p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "freshness_probes": int(latencies.size),
         "achieved_rate": round(total / sent_s, 1),
+        # Publishing to the last probe seen: the worker has handled (nearly) every event.
+        "freshness_cpu_us_per_event": round(cpu_s / total * 1e6, 1),
+        "freshness_mean_batch": mean_batch,
     }
 
 
@@ -464,7 +501,7 @@ def run(
         worker: WorkerProcess = backlog_figures.pop("worker")
         store = backlog_figures.pop("store")
         try:
-            fresh = measure_freshness(env_stack, store, rate, duration_s, seed)
+            fresh = measure_freshness(env_stack, store, rate, duration_s, seed, worker)
         finally:
             worker.stop()
         naive = measure_baseline(env_stack, store, baseline_events, seed)
@@ -477,6 +514,9 @@ def run(
         "ratio": round(ratio, 2),
         "events": events,
         "backlog_s": backlog_figures["backlog_s"],
+        "backlog_cpu_us_per_event": backlog_figures["backlog_cpu_us_per_event"],
+        "freshness_cpu_us_per_event": fresh["freshness_cpu_us_per_event"],
+        "freshness_mean_batch": fresh["freshness_mean_batch"],
         "rate": rate,
         "achieved_rate": fresh["achieved_rate"],
         "duration_s": duration_s,

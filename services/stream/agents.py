@@ -7,11 +7,12 @@ failed store call or batch is retried (with backoff) rather than raised, so a ba
 skipped. Redelivered transactions are harmless: their ids are in the stored state, so they come
 back as DUPLICATE and nothing is written.
 
-Write order per batch: offline parts, then the forward to the terminal-events topic (acked),
-then the online push. The offline history is then never behind what the scorer was served; a
-crash in between only repeats offline rows and forwards on redelivery (identical content;
-readers deduplicate by transaction_id, terminal state by its own dedup), whereas the other
-order could lose them for good, because the redelivered transactions would be DUPLICATE online.
+Write order per batch: offline parts and the forward to the terminal-events topic (acked), the
+two at the same time, then the online push. The offline history is then never behind what the
+scorer was served; a crash in between only repeats offline rows and forwards on redelivery
+(identical content; readers deduplicate by transaction_id, terminal state by its own dedup),
+whereas the other order could lose them for good, because the redelivered transactions would be
+DUPLICATE online.
 
 Terminal state has one writer per terminal: the terminal handler, fed by the internal topic keyed
 by terminal_id, so each terminal lives in exactly one partition.
@@ -159,6 +160,15 @@ class TerminalForwarder:
             await asyncio.gather(*pending)
 
 
+async def settle(calls: Sequence[Awaitable[Any]]) -> None:
+    """Run `calls` concurrently and raise the first error only once all have ended: a batch
+    retried while one of its writes still runs could see it land after the retry's."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def until_done(
     kind: str,
     handle: Callable[[Sequence[Record]], Awaitable[None]],
@@ -225,13 +235,20 @@ class TransactionHandler:
             for card_id in result.states
         }
         sink = self.store.sink
-        await self.store.call(
-            "offline", sink.write_offline, result.state_rows, result.transaction_rows
-        )
-        if self.forwarder is not None:
-            await self.forwarder.send(
-                processor.terminal_events_of_transactions(result.transaction_rows)
+        writes = [
+            self.store.call(
+                "offline", sink.write_offline, result.state_rows, result.transaction_rows
             )
+        ]
+        if self.forwarder is not None:
+            writes.append(
+                self.forwarder.send(
+                    processor.terminal_events_of_transactions(result.transaction_rows)
+                )
+            )
+        # Both must precede the online push, not each other: overlapped, a batch waits for the
+        # longer of the parquet write and the forward's acks instead of their sum.
+        await settle(writes)
         await self.store.call(
             "online", sink.push_online, result.states, stamps, result.final_rows()
         )
@@ -278,9 +295,10 @@ class LabelHandler:
         )
         if rows:
             # Redelivery can repeat a label row; readers keep one per transaction_id.
-            await self.store.call("labels", self.store.sink.write_labels, rows)
+            writes = [self.store.call("labels", self.store.sink.write_labels, rows)]
             if self.forwarder is not None:
-                await self.forwarder.send(processor.terminal_events_of_labels(rows))
+                writes.append(self.forwarder.send(processor.terminal_events_of_labels(rows)))
+            await settle(writes)
 
 
 class TerminalHandler:

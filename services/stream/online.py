@@ -39,8 +39,14 @@ if TYPE_CHECKING:
 Encoder = Callable[[Any], bytes]
 
 
+_ONE_BYTE_VARINTS = tuple(bytes((n,)) for n in range(128))
+
+
 def _varint(n: int) -> bytes:
     """Protobuf base-128 varint; negatives as their 64-bit two's complement (int64)."""
+    if 0 <= n < 128:
+        # Most lengths and small counts: no loop, no new object.
+        return _ONE_BYTE_VARINTS[n]
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -49,6 +55,32 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+#: Entries kept by each of the encoders' caches below before it starts afresh. The values they
+#: see repeat from row to row (tile indices, terminal ids, a card's recent ids), and a dict
+#: lookup costs a fraction of building the bytes or a protobuf list.
+_CACHE_MAX = 200_000
+
+
+class _BytesCache(dict[Any, bytes]):
+    """value -> its encoding, computed on a miss; bounded by dropping everything when full."""
+
+    def __init__(self, encode: Callable[[Any], bytes]) -> None:
+        super().__init__()
+        self.encode = encode
+
+    def __missing__(self, value: Any) -> bytes:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        encoded = self[value] = self.encode(value)
+        return encoded
+
+
+def _string_element(value: str) -> bytes:
+    # An element of a repeated string `val` (field 1): its key, byte length, UTF-8 bytes.
+    raw = value.encode()
+    return b"\x0a" + _varint(len(raw)) + raw
 
 
 def _field_tag(name: str, wire_type: int) -> bytes:
@@ -93,16 +125,37 @@ def value_encoder(value_type: ValueType) -> Encoder:
             inner = list_type(val=value).SerializeToString()
             return tag + _varint(len(inner)) + inner
 
+        if list_field == "string_list_val":
+            elements = _BytesCache(_string_element)
+
+            def encode_strings(value: Any) -> bytes:
+                if value is None:
+                    return b""
+                if not len(value):
+                    return empty
+                inner = b"".join(map(elements.__getitem__, value))
+                return tag + _varint(len(inner)) + inner
+
+            return encode_strings
+
         if list_field != "int64_list_val":
             return encode_list
 
+        varints = _BytesCache(lambda n: _varint(int(n)))
+
         def encode_ints(value: Any) -> bytes:
-            # Tile counts: every value below 128 is its own one-byte varint, packed by bytes().
-            if value is not None and len(value) and min(value) >= 0 and max(value) < 128:
+            if value is None:
+                return b""
+            if not len(value):
+                return empty
+            if min(value) >= 0 and max(value) < 128:
+                # Tile counts: every value below 128 is its own one-byte varint.
                 body = bytes(value)
-                inner = b"\x0a" + _varint(len(body)) + body
-                return tag + _varint(len(inner)) + inner
-            return encode_list(value)
+            else:
+                # Packed repeated int64; tile indices and event times repeat across rows.
+                body = b"".join(map(varints.__getitem__, value))
+            inner = b"\x0a" + _varint(len(body)) + body
+            return tag + _varint(len(inner)) + inner
 
         return encode_ints
     if value_type in PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE:
@@ -130,7 +183,11 @@ def value_encoder(value_type: ValueType) -> Encoder:
 def timestamp_bytes(stamp_us: int) -> bytes:
     """The `_ts:<view>` value: a protobuf Timestamp, as Feast stores the write's time."""
     seconds, micros = divmod(stamp_us, 1_000_000)
-    return bytes(Timestamp(seconds=seconds, nanos=micros * 1000).SerializeToString())
+    if seconds < 0:
+        return bytes(Timestamp(seconds=seconds, nanos=micros * 1000).SerializeToString())
+    # `seconds` (field 1) and `nanos` (field 2) as varints, each left out when 0 (proto3).
+    out = b"\x08" + _varint(seconds) if seconds else b""
+    return out + b"\x10" + _varint(micros * 1000) if micros else out
 
 
 def timestamp_us(raw: bytes | None) -> int:
@@ -245,10 +302,12 @@ class RedisOnlineStore:
                 if stamp_us <= max(previous, latest.get(key, 0)):
                     continue
                 latest[key] = stamp_us
-                mapping: dict[bytes, bytes] = {writer.ts_field: timestamp_bytes(stamp_us)}
+                # HSET's field/value pairs built flat: redis-py's `mapping=` copies them again.
+                args: list[bytes] = [writer.ts_field, timestamp_bytes(stamp_us)]
                 for name, field, encode in zip(names, fields, writer.encoders, strict=False):
-                    mapping[field] = encode(row[name])
-                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+                    args.append(field)
+                    args.append(encode(row[name]))
+                pipe.execute_command("HSET", key, *args)
                 if self.key_ttl_seconds:
                     pipe.expire(key, self.key_ttl_seconds)
                 written += 1

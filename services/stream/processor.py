@@ -11,6 +11,7 @@ keyed by terminal_id, and `fold_terminal_batch` folds those into terminal states
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -300,9 +301,11 @@ def encode_terminal_events(terminal_events: Sequence[TerminalEvent]) -> bytes:
     return json.dumps([e.as_dict() for e in terminal_events], separators=(",", ":")).encode()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def terminal_partition(terminal_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for key `terminal_id`: every terminal
-    has one partition, hence one writer, whether its events travel alone or in a batch."""
+    has one partition, hence one writer, whether its events travel alone or in a batch.
+    Cached: murmur2 is pure Python here (a few µs per event) and terminals recur."""
     return (murmur2(terminal_id.encode()) & 0x7FFFFFFF) % partitions
 
 

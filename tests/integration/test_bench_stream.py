@@ -40,3 +40,6 @@ def test_a_tiny_stream_bench_prints_its_figures_as_the_last_line(redis_settings:
     )
     assert 0 < figures["freshness_p50_ms"] <= figures["freshness_p99_ms"]
     assert figures["freshness_probes"] >= 1
+    # The worker's CPU was read from /proc in both phases.
+    assert figures["backlog_cpu_us_per_event"] > 0
+    assert figures["freshness_cpu_us_per_event"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -109,6 +110,93 @@ async def test_cached_cards_are_not_read_again_until_a_rebalance() -> None:
     assert sink.loads == [["c1"], ["c1"]]
     # The redelivered "b" was a duplicate of the stored state: still two transactions.
     assert features.card_features(sink.online["c1"], T0 + 1000)["card_count_1h"] == 2
+
+
+class OrderedSink(FakeSink):
+    """Logs the store calls; the offline write waits (up to 2 s) for the forward to be sent."""
+
+    def __init__(self, log: list[str], forwarded: threading.Event) -> None:
+        super().__init__()
+        self.executor = ThreadPoolExecutor(max_workers=2)
+        self.log = log
+        self.forwarded = forwarded
+
+    def write_offline(self, state_rows: list[Any], transaction_rows: list[Any]) -> None:
+        self.log.append("offline start")
+        overlapped = self.forwarded.wait(2.0)
+        self.log.append(f"offline end (forward sent meanwhile: {overlapped})")
+        super().write_offline(state_rows, transaction_rows)
+
+    def push_online(
+        self, states: dict[str, CardState], stamps: dict[str, int], rows: Any = None
+    ) -> None:
+        self.log.append("online")
+        super().push_online(states, stamps, rows)
+
+
+class AckLaterTopic(FakeTopic):
+    """Sends are acked only after `ack_after` seconds."""
+
+    def __init__(self, log: list[str], forwarded: threading.Event, ack_after: float) -> None:
+        super().__init__()
+        self.log = log
+        self.forwarded = forwarded
+        self.ack_after = ack_after
+
+    async def send(self, **kwargs: Any) -> asyncio.Future[None]:
+        self.sent.append(kwargs)
+        self.log.append("forward sent")
+        self.forwarded.set()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def ack() -> None:
+            self.log.append("forward acked")
+            future.set_result(None)
+
+        loop.call_later(self.ack_after, ack)
+        return future
+
+
+async def test_offline_write_and_forward_overlap_and_both_precede_the_online_push() -> None:
+    log: list[str] = []
+    forwarded = threading.Event()
+    sink = OrderedSink(log, forwarded)
+    terminal_topic = AckLaterTopic(log, forwarded, ack_after=0.2)
+    handler = agents.TransactionHandler(
+        agents.StoreCaller(sink, retry_max_s=0.01),  # type: ignore[arg-type]
+        agents.DeadLetters(FakeTopic(), "transaction"),  # type: ignore[arg-type]
+        StateCache(),
+        allowed_lateness_ms=300_000,
+        forwarder=agents.TerminalForwarder(terminal_topic, partitions=1),  # type: ignore[arg-type]
+    )
+    await handler.handle([event(txn_bytes("a", "c1", T0), 1)])
+    assert log[0] in ("offline start", "forward sent")
+    assert set(log[:2]) == {"offline start", "forward sent"}
+    assert "offline end (forward sent meanwhile: True)" in log
+    # The online push waits for both: the parquet part and the broker's ack.
+    assert log[-1] == "online"
+    assert log.index("forward acked") < log.index("online")
+    assert features.card_features(sink.online["c1"], T0)["card_count_1h"] == 1
+
+
+async def test_settle_raises_only_after_every_call_has_ended() -> None:
+    finished: list[str] = []
+
+    async def fails() -> None:
+        raise ConnectionError("broker down")
+
+    async def slow() -> None:
+        await asyncio.sleep(0.05)
+        finished.append("slow")
+
+    try:
+        await agents.settle([fails(), slow()])
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("the failure was swallowed")
+    assert finished == ["slow"]
 
 
 def test_forwarded_terminal_events_travel_one_message_per_partition() -> None:

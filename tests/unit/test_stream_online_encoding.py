@@ -23,9 +23,11 @@ def reference(value_type: ValueType, value: Any) -> bytes:
         return b""
     if value_type in PYTHON_LIST_VALUE_TYPE_TO_PROTO_VALUE:
         list_type, list_field, _ = PYTHON_LIST_VALUE_TYPE_TO_PROTO_VALUE[value_type]
-        return bytes(ValueProto(**{list_field: list_type(val=value)}).SerializeToString())
-    scalar_field, convert, _ = PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE[value_type]
-    return bytes(ValueProto(**{scalar_field: convert(value)}).SerializeToString())
+        kwargs: dict[str, Any] = {list_field: list_type(val=value)}
+    else:
+        scalar_field, convert, _ = PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE[value_type]
+        kwargs = {scalar_field: convert(value)}
+    return bytes(ValueProto(**kwargs).SerializeToString())
 
 
 rng = random.Random(3)
@@ -64,3 +66,37 @@ def test_nan_doubles_keep_their_bits() -> None:
     decoded = ValueProto.FromString(encoded).double_list_val.val
     assert math.isnan(decoded[0]) and decoded[1] == 1.0
     assert encoded == reference(ValueType.DOUBLE_LIST, [math.nan, 1.0])
+
+
+@pytest.mark.parametrize("value_type", [ValueType.INT64_LIST, ValueType.STRING_LIST])
+def test_cached_list_encodings_stay_exact_when_the_cache_fills(
+    value_type: ValueType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.stream import online
+
+    # A tiny cache: hits, misses and the clearing on overflow all happen within a few rows.
+    monkeypatch.setattr(online, "_CACHE_MAX", 5)
+    encode = value_encoder(value_type)
+    pool: list[Any] = (
+        [0, 127, 128, 300, -5, 2**40, 1_767_225_600_000, 29_500_000]
+        if value_type is ValueType.INT64_LIST
+        else ["", "t1", "kárta-ü", "x" * 300, "card-7", "a", "b"]
+    )
+    for _ in range(200):
+        value = [rng.choice(pool) for _ in range(rng.randrange(1, 12))]
+        assert encode(value) == reference(value_type, value)
+
+
+@pytest.mark.parametrize(
+    "stamp_us",
+    [0, 1, 999_999, 1_000_000, 1_767_225_600_000_000, 1_767_225_600_123_456, -1, -1_500_000],
+)
+def test_write_timestamps_match_protobuf_and_read_back(stamp_us: int) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.stream.online import timestamp_bytes, timestamp_us
+
+    seconds, micros = divmod(stamp_us, 1_000_000)
+    expected = Timestamp(seconds=seconds, nanos=micros * 1000).SerializeToString()
+    assert timestamp_bytes(stamp_us) == expected
+    assert timestamp_us(timestamp_bytes(stamp_us)) == stamp_us
