@@ -404,21 +404,6 @@ def train_partitions(
     )
 
 
-def train_model(
-    client: Client, rows: dd.DataFrame | pd.DataFrame, settings: TrainingSettings
-) -> TrainedModel:
-    """`train_partitions` without early stopping: num_boost_round rounds."""
-    return train_partitions(client, rows, settings, None)
-
-
-def fit(
-    train_rows: pd.DataFrame, settings: TrainingSettings, validation_start_ms: int
-) -> TrainedModel:
-    """`train.train_model`'s signature on the configured cluster, with early stopping."""
-    with connect(settings) as client:
-        return train_partitions(client, train_rows, settings, validation_start_ms)
-
-
 def reference_sample(rows: dd.DataFrame, total: int, seed: int) -> pd.DataFrame:
     """About REFERENCE_SAMPLE_ROWS training rows (all of them when fewer), for the drift
     reference's bins."""
