@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from services.common import runtime
 from services.common.model_registry import ModelRegistry
 from services.common.settings import (
     FeastSettings,
@@ -28,7 +29,6 @@ from services.common.settings import (
     TelemetrySettings,
 )
 from services.proto.fraudscore.v1 import scorer_pb2, scorer_pb2_grpc
-from services.scorer import runtime
 from services.scorer.breaker import GuardedPath
 from services.scorer.interceptors import BearerTokenInterceptor, DomainErrorInterceptor
 from services.scorer.metrics import ScorerMetrics

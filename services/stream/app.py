@@ -9,7 +9,7 @@ from pathlib import Path
 
 import faust
 
-from services.common import feast_repo, kafka, telemetry
+from services.common import feast_repo, kafka, runtime, telemetry
 from services.common.settings import FeastSettings, KafkaSettings, RedisSettings, StreamSettings
 from services.stream import agents, metrics, transport
 from services.stream.processor import CachedCard, CachedTerminal, StateCache
@@ -162,8 +162,7 @@ def tune_gc(gen0_threshold: int) -> None:
     registry, faust's services) again: they are moved to the permanent generation."""
     if gen0_threshold <= 0:
         return
-    gc.collect()
-    gc.freeze()
+    runtime.settle_heap()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(gen0_threshold, gen1, gen2)
 

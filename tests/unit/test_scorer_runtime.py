@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from services.common import runtime
 from services.common.settings import ScorerSettings
-from services.scorer import runtime
 from services.scorer.server import tune_runtime
 
 

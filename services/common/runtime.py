@@ -1,4 +1,4 @@
-"""Interpreter settings for a latency-bound server process.
+"""Interpreter settings for a long-running service process (the scorer, the stream worker).
 
 CPython's cyclic garbage collector walks every tracked object of the generations it collects.
 After start-up the scorer holds hundreds of thousands of long-lived objects (Feast's registry,
