@@ -186,13 +186,6 @@ def start_worker(env_stack: Stack, batch_size: int, name: str) -> WorkerProcess:
     return WorkerProcess(env, metrics_port, env_stack.root / f"{name}.log")
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_applied(
     worker: WorkerProcess, baseline: dict[str, float], n: int, timeout_s: float
 ) -> tuple[float, float, float]:
@@ -204,12 +197,12 @@ def wait_applied(
     start the clock late (and overstate events/s)."""
     first: float | None = None
     none_yet: float | None = None
-    cpu_first = cpu_none_yet = process_cpu_s(worker.pid)
+    cpu_first = cpu_none_yet = worker.cpu_s()
     deadline = time.monotonic() + timeout_s
     got: dict[str, float] | None = {}
     while time.monotonic() < deadline:
         now = time.monotonic()
-        cpu = process_cpu_s(worker.pid)
+        cpu = worker.cpu_s()
         got = worker.counters()
         if got is None:
             time.sleep(0.1)
@@ -225,7 +218,7 @@ def wait_applied(
             else:
                 none_yet, cpu_none_yet = now, cpu
         if delta("applied_online_total:card") >= n and delta("applied_online_total:terminal") >= n:
-            return (first if first is not None else now), now, process_cpu_s(worker.pid) - cpu_first
+            return (first if first is not None else now), now, worker.cpu_s() - cpu_first
         time.sleep(0.1)
     raise TimeoutError(f"not all {n} transactions applied online in {timeout_s}s: {got}")
 
@@ -348,7 +341,7 @@ def measure_freshness(
     probe_every = max(1, int(rate / PROBES_PER_S))
     cards = max(10, int(rate))
     sizes_started = batch_sizes(worker)
-    cpu_started = process_cpu_s(worker.pid)
+    cpu_started = worker.cpu_s()
     started = time.monotonic()
     for i in range(total):
         ahead = started + i / rate - time.monotonic()
@@ -383,7 +376,7 @@ def measure_freshness(
     deadline = time.monotonic() + 60
     while watcher.pending() and time.monotonic() < deadline:
         time.sleep(0.05)
-    cpu_s = process_cpu_s(worker.pid) - cpu_started
+    cpu_s = worker.cpu_s() - cpu_started
     sizes = batch_sizes(worker)
     # Batches grow while the worker is behind, and a batch's fixed costs shrink per event.
     mean_batch = {
