@@ -312,7 +312,16 @@ def _fold_cards(replay: _Replay, shard: int) -> _CardResult:
 
 def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
     """The terminal pass over one shard of terminals: the counted transactions at their event
-    time and the labels at their reported time (at the same millisecond transactions first)."""
+    time and the labels at their reported time (at the same millisecond transactions first).
+
+    The terminal states claim no source records (`TerminalState.sources` stays empty): the
+    stream's terminals use them to recognise a Kafka record forwarded twice, and the backfill
+    reads no Kafka record. Each transaction here is counted once without them, because only
+    those their card counted reach this pass, and a card counts a transaction id once. A
+    stream starting from the backfilled states takes every record it forwards as new, and
+    rightly: it forwards only what its cards count, and the backfilled cards turn away what
+    the backfill counted (a remembered id is a DUPLICATE, an older one LATE).
+    """
     assert replay.applied is not None
     tx_mine = np.flatnonzero(replay.applied & (replay.terminal_shard == shard))
     txs = replay.ordered.iloc[tx_mine]
@@ -327,7 +336,6 @@ def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
     changes = 0
     tx_columns = list(
         zip(
-            txs["transaction_id"].astype(str).tolist(),
             txs["terminal_id"].astype(str).tolist(),
             txs["event_ms"].to_numpy(np.int64).tolist(),
             strict=True,
@@ -356,13 +364,13 @@ def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
                 state = terminals[terminal_id] = features.TerminalState()
             outcome = features.apply_terminal_label(state, tid, transaction_ms, is_fraud)
         else:
-            tid, terminal_id, stamp_ms = tx_columns[position]
+            terminal_id, stamp_ms = tx_columns[position]
             if not terminal_id:
                 continue
             state = terminals.get(terminal_id)
             if state is None:
                 state = terminals[terminal_id] = features.TerminalState()
-            outcome = features.apply_terminal_transaction(state, tid, stamp_ms, lateness)
+            outcome = features.apply_terminal_transaction(state, stamp_ms, lateness)
         if outcome is not features.Outcome.APPLIED:
             continue
         writer.tick(stamp_ms)

@@ -3,8 +3,9 @@
 Training finishes the windows of millions of historical transactions; calling the scorer's
 per-row function for each cost ~0.4 ms of Python per row. Here each state column is an Arrow
 list column, decoded flat (values + the row each belongs to) and summed per row with
-`np.bincount`, which adds in the same order as `features._window_sums` (tiles are stored sorted
-by index) from the same 0.0, so every sum is the same float. `round(x, 6)` is Python's correctly
+`np.bincount`, which adds in the same order as the readers in `features` (`_ordered_sum` for
+cards, `_window_sums` for terminals; tiles are stored sorted by index) from the same 0.0, so
+every sum is the same float. `round(x, 6)` is Python's correctly
 rounded one (`round6`), not numpy's. `tests/unit/test_training_finish.py` checks every feature
 against `features.all_features` bit for bit, and the feature-parity test against the scorer.
 """

@@ -45,23 +45,32 @@ def looks_like_pan(value: str) -> bool:
 
 def validate(txn: transaction_pb2.Transaction) -> ValidTransaction:
     """Check a decoded transaction; raise InvalidTransaction naming the first bad field."""
-    if not txn.transaction_id:
+    # Each field is read once: the stream validates every event, and a protobuf field read
+    # costs about as much as the check on it.
+    transaction_id, card_id, terminal_id = txn.transaction_id, txn.card_id, txn.terminal_id
+    if not transaction_id:
         raise InvalidTransaction("transaction_id", "is required")
-    if not txn.card_id:
+    if not card_id:
         raise InvalidTransaction("card_id", "is required")
-    if looks_like_pan(txn.card_id):
+    if looks_like_pan(card_id):
         # The value itself must never be echoed: it may be a real card number.
         raise InvalidTransaction("card_id", "looks like a card number; send a token")
-    if not txn.terminal_id:
+    if not terminal_id:
         raise InvalidTransaction("terminal_id", "is required")
-    if not txn.HasField("event_time") or txn.event_time.seconds <= 0:
+    if not txn.HasField("event_time"):
         raise InvalidTransaction("event_time", "is required")
-    if txn.amount_minor <= 0:
+    event_time = txn.event_time
+    seconds = event_time.seconds
+    if seconds <= 0:
+        raise InvalidTransaction("event_time", "is required")
+    amount_minor = txn.amount_minor
+    if amount_minor <= 0:
         raise InvalidTransaction("amount_minor", "must be positive")
-    if not currency.is_known(txn.currency):
-        raise InvalidTransaction("currency", f"unknown ISO-4217 code {txn.currency[:8]!r}")
-    amount = currency.to_major(txn.amount_minor, txn.currency)
+    code = txn.currency
+    if not currency.is_known(code):
+        raise InvalidTransaction("currency", f"unknown ISO-4217 code {code[:8]!r}")
+    amount = currency.to_major(amount_minor, code)
     if amount > MAX_AMOUNT_MAJOR:
         raise InvalidTransaction("amount_minor", "is implausibly large")
-    event_ms = txn.event_time.seconds * 1000 + txn.event_time.nanos // 1_000_000
-    return ValidTransaction(txn.transaction_id, txn.card_id, txn.terminal_id, amount, event_ms)
+    event_ms = seconds * 1000 + event_time.nanos // 1_000_000
+    return ValidTransaction(transaction_id, card_id, terminal_id, amount, event_ms)

@@ -21,12 +21,14 @@ before it, so its own amount and its own label never leak into its aggregates.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from operator import itemgetter
-from typing import Any
+from functools import reduce
+from operator import add
+from typing import Any, TypeVar
 
 
 @dataclass(frozen=True)
@@ -230,30 +232,54 @@ def _copy_lists(by_key: Mapping[int, list[Any]]) -> dict[int, list[Any]]:
     return dict(zip(by_key, map(list, by_key.values()), strict=True))
 
 
+@dataclass(slots=True)
+class CardTiles:
+    """A card's tiles of one spec as parallel columns in index order: the layout of its Feast
+    row, so `to_row` copies nothing. The lists are never changed in place (`apply_transaction`
+    puts new ones in their place): copies of a state and its history rows share them."""
+
+    idx: list[int]
+    #: transactions per tile
+    cnt: list[int]
+    #: amount sum per tile
+    amt: list[float]
+    #: amount sum of squares per tile
+    sq: list[float]
+
+    def copy(self) -> CardTiles:
+        return CardTiles(self.idx, self.cnt, self.amt, self.sq)
+
+
+def _no_card_tiles() -> dict[str, CardTiles]:
+    return {spec.name: CardTiles([], [], [], []) for spec in TILE_SPECS}
+
+
 @dataclass
 class CardState:
-    """Everything the stream keeps per card. Persisted as one Feast row (see `to_row`)."""
+    """Everything the stream keeps per card, held as the columns of its Feast row (`to_row`):
+    a counted transaction writes a history row, so the row has to be cheap. Lists are replaced,
+    never changed in place."""
 
     last_event_ms: int = 0
-    #: tile spec name -> tile index -> [count, amount sum, amount sum of squares]
-    tiles: dict[str, dict[int, list[float]]] = field(
-        default_factory=lambda: _empty_tiles(TILE_SPECS)
-    )
-    #: hour tile index -> terminal ids seen in it (first MAX_TERMINALS_PER_TILE, in order).
-    terminals: dict[int, list[str]] = field(default_factory=dict)
+    #: tile spec name -> its tiles
+    tiles: dict[str, CardTiles] = field(default_factory=_no_card_tiles)
+    #: Terminal ids seen per hour tile (the first MAX_TERMINALS_PER_TILE of each hour, in the
+    #: order seen), flattened: `term_ids[i]` was seen in hour `term_hours[i]`, hours ascending.
+    term_hours: list[int] = field(default_factory=list)
+    term_ids: list[str] = field(default_factory=list)
     #: transaction_id -> event_ms of transactions inside the lateness horizon, for dedup.
     recent: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> CardState:
-        """An independent state. Shallow: `apply_transaction` replaces a tile's list instead of
-        changing it, so sharing the lists is safe, and the stream copies every touched card once
-        per batch (copying each list was a third of its fold)."""
+        """An independent state: only the containers changed in place are copied."""
+        tiles = {name: t.copy() for name, t in self.tiles.items()}
         return CardState(
-            last_event_ms=self.last_event_ms,
-            tiles={name: dict(t) for name, t in self.tiles.items()},
-            terminals=dict(self.terminals),
-            recent=dict(self.recent),
+            self.last_event_ms, tiles, self.term_hours, self.term_ids, dict(self.recent)
         )
+
+    def day_tile_count(self) -> int:
+        """Transactions counted in the retained day tiles (today and DAY.keep days before)."""
+        return sum(self.tiles[DAY.name].cnt)
 
 
 @dataclass
@@ -266,8 +292,9 @@ class TerminalState:
     tiles: dict[str, dict[int, list[float]]] = field(
         default_factory=lambda: _empty_tiles(TERMINAL_TILE_SPECS)
     )
-    #: transaction_id -> event_ms of transactions inside the lateness horizon, for dedup.
-    recent: dict[str, int] = field(default_factory=dict)
+    #: transactions-topic partition -> newest offset of it that reached this terminal: the
+    #: transactions' dedup (`claim_terminal_source`), O(partitions) however busy the terminal.
+    sources: dict[int, int] = field(default_factory=dict)
     #: transaction_id -> transaction time of every fraud counted in a retained tile: a label is
     #: counted exactly once however often it is redelivered.
     frauds: dict[str, int] = field(default_factory=dict)
@@ -276,7 +303,7 @@ class TerminalState:
         return TerminalState(
             last_event_ms=self.last_event_ms,
             tiles={name: _copy_lists(t) for name, t in self.tiles.items()},
-            recent=dict(self.recent),
+            sources=dict(self.sources),
             frauds=dict(self.frauds),
         )
 
@@ -300,29 +327,67 @@ def apply_transaction(
         return Outcome.DUPLICATE
     if state.last_event_ms and event_ms < state.last_event_ms - allowed_lateness_ms:
         return Outcome.LATE
-    # New lists, never changes in place: copies of the state share the old ones (`copy`).
     square = amount * amount
-    for spec in TILE_SPECS:
-        by_idx = state.tiles[spec.name]
-        idx = event_ms // spec.ms
-        tile = by_idx.get(idx)
-        if tile is None:
-            # 0.0 + x: the sums are floats even for integer amounts, as they always were.
-            by_idx[idx] = [1, 0.0 + amount, 0.0 + square]
-        else:
-            by_idx[idx] = [tile[0] + 1, tile[1] + amount, tile[2] + square]
+    # Only an event that moves the card's newest event time moves what is retained: the tiles
+    # `keep` or more before its own go, in the same new lists that add it.
+    advances = event_ms > state.last_event_ms
+    tiles = state.tiles
+    for name, tile_ms, keep in _CARD_SPECS:
+        tile = event_ms // tile_ms
+        _add_to_tile(tiles[name], tile, amount, square, tile - keep if advances else None)
     if terminal_id:
-        hour = event_ms // HOUR.ms
-        seen = state.terminals.get(hour)
-        if seen is None:
-            state.terminals[hour] = [terminal_id]
-        elif terminal_id not in seen and len(seen) < MAX_TERMINALS_PER_TILE:
-            state.terminals[hour] = [*seen, terminal_id]
+        _add_terminal(state, event_ms // _HOUR_MS, terminal_id)
     state.recent[transaction_id] = event_ms
-    if event_ms > state.last_event_ms:
+    if advances:
         state.last_event_ms = event_ms
         _prune(state, allowed_lateness_ms)
     return Outcome.APPLIED
+
+
+#: (name, tile length in ms, tiles kept) per card tile spec, looked up once: the stream folds
+#: every transaction through these.
+_CARD_SPECS = tuple((spec.name, spec.ms, spec.keep) for spec in TILE_SPECS)
+_HOUR_MS = HOUR.ms
+
+
+def _add_to_tile(
+    tiles: CardTiles, tile: int, amount: float, square: float, oldest: int | None
+) -> None:
+    """Add one transaction to tile `tile`, and drop the tiles up to `oldest`. The changed
+    columns are new lists (slices): the old ones are shared with copies of the state and with
+    its history rows."""
+    idx, cnt, amt, sq = tiles.idx, tiles.cnt, tiles.amt, tiles.sq
+    cut = 0 if oldest is None else bisect_right(idx, oldest)
+    at = bisect_left(idx, tile)
+    if at == len(idx) or idx[at] != tile:
+        idx, cnt, amt, sq = idx[cut:], cnt[cut:], amt[cut:], sq[cut:]
+        at -= cut
+        idx.insert(at, tile)
+        cnt.insert(at, 1)
+        # 0.0 + x: the sums are floats even for integer amounts (the store's columns are).
+        amt.insert(at, 0.0 + amount)
+        sq.insert(at, 0.0 + square)
+    else:
+        if cut:
+            idx = idx[cut:]
+        cnt, amt, sq = cnt[cut:], amt[cut:], sq[cut:]
+        at -= cut
+        cnt[at] += 1
+        amt[at] += amount
+        sq[at] += square
+    tiles.idx, tiles.cnt, tiles.amt, tiles.sq = idx, cnt, amt, sq
+
+
+def _add_terminal(state: CardState, hour: int, terminal_id: str) -> None:
+    """Remember `terminal_id` in hour tile `hour`, unless known there or the tile is full."""
+    hours, ids = state.term_hours, state.term_ids
+    end = bisect_right(hours, hour)
+    start = bisect_left(hours, hour, 0, end)
+    if end - start < MAX_TERMINALS_PER_TILE and terminal_id not in ids[start:end]:
+        # New lists, as for the tiles.
+        state.term_hours, state.term_ids = hours.copy(), ids.copy()
+        state.term_hours.insert(end, hour)
+        state.term_ids.insert(end, terminal_id)
 
 
 def _prune_tiles(
@@ -345,34 +410,81 @@ def _expire_ids(id_times: dict[str, int], horizon: int) -> dict[str, int]:
 
 
 def _prune(state: CardState, allowed_lateness_ms: int) -> None:
-    state.recent = _expire_ids(state.recent, state.last_event_ms - allowed_lateness_ms)
-    _prune_tiles(state.tiles, TILE_SPECS, state.last_event_ms)
-    oldest_hour = state.last_event_ms // HOUR.ms - HOUR.keep
-    if state.terminals and min(state.terminals) <= oldest_hour:
-        for idx in [i for i in state.terminals if i <= oldest_hour]:
-            del state.terminals[idx]
+    """Forget the ids past the lateness horizon and the terminals of hours past the window
+    (tiles are cut as events are added to them)."""
+    last_ms = state.last_event_ms
+    state.recent = _expire_ids(state.recent, last_ms - allowed_lateness_ms)
+    oldest_hour = last_ms // _HOUR_MS - HOUR.keep
+    if state.term_hours and state.term_hours[0] <= oldest_hour:
+        cut = bisect_right(state.term_hours, oldest_hour)
+        state.term_hours, state.term_ids = state.term_hours[cut:], state.term_ids[cut:]
+
+
+def claim_terminal_source(
+    state: TerminalState, partition: int, offset: int, event_ms: int, newest_ms: int
+) -> bool:
+    """Claim the transaction at `offset` of transactions-topic `partition` (event time
+    `event_ms`) for the terminal: True the first time, False for a replay of it (a DUPLICATE).
+    `newest_ms`: the newest transaction time the terminal has counted or claimed so far.
+
+    The terminal needs no transaction ids: upstream duplicates (one id published twice) were
+    dropped by their card, which forwards only the transactions it counted. What reaches a
+    terminal twice is a replay of the same source record, after a crash: the terminal-events
+    topic redelivering a message, or the card handler forwarding a batch again. Each
+    partition's transactions reach the terminal in offset order (`services.stream.processor`
+    says why), so one number per partition tells a replay: an offset at or below the newest
+    one claimed. Callers claim each partition's transactions in offset order.
+
+    A replay's record was claimed before, so its event time is at most `newest_ms`. A record
+    at or below the claimed offset but newer than that is therefore not a replay: the
+    transactions topic was deleted and created again, restarting its offsets at 0, and the
+    partition's count restarts from it. (Records of a recreated topic older than the
+    terminal's newest would still pass for replays: replaying old history into a new topic
+    needs the states rebuilt.)
+    """
+    if offset <= state.sources.get(partition, -1) and event_ms <= newest_ms:
+        return False
+    state.sources[partition] = offset
+    return True
 
 
 def apply_terminal_transaction(
-    state: TerminalState, transaction_id: str, event_ms: int, allowed_lateness_ms: int
+    state: TerminalState, event_ms: int, allowed_lateness_ms: int
 ) -> Outcome:
-    """Count one transaction at the terminal, exactly once (same rules as a card's)."""
-    if transaction_id in state.recent:
-        return Outcome.DUPLICATE
-    if state.last_event_ms and event_ms < state.last_event_ms - allowed_lateness_ms:
+    """Count one transaction at the terminal, unless it is older than the terminal's newest by
+    more than the allowed lateness (LATE, as for a card: it would rewrite served history).
+
+    Counting it once is the caller's part: the stream claims its source position first
+    (`claim_terminal_source`); the backfill counts only what the cards counted, which
+    deduplicated by transaction id.
+    """
+    last = state.last_event_ms
+    if last and event_ms < last - allowed_lateness_ms:
         return Outcome.LATE
-    for spec in TERMINAL_TILE_SPECS:
-        tile = state.tiles[spec.name].setdefault(event_ms // spec.ms, [0, 0])
-        tile[0] += 1
-    state.recent[transaction_id] = event_ms
-    if event_ms > state.last_event_ms:
+    tiles = state.tiles
+    for name, tile_ms in _TERMINAL_TILE_MS:
+        by_idx = tiles[name]
+        idx = event_ms // tile_ms
+        tile = by_idx.get(idx)
+        if tile is None:
+            by_idx[idx] = [1, 0]
+        else:
+            tile[0] += 1
+    if event_ms > last:
         state.last_event_ms = event_ms
-        state.recent = _expire_ids(state.recent, event_ms - allowed_lateness_ms)
-        _prune_tiles(state.tiles, TERMINAL_TILE_SPECS, event_ms)
-        # Kept: ms // day > oldest_day, i.e. ms >= (oldest_day + 1) * day.
-        oldest_day = event_ms // TERMINAL_DAY.ms - TERMINAL_DAY.keep
-        state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * TERMINAL_DAY.ms)
+        # Retention ends at whole tiles, all of them whole hours: within the newest hour
+        # nothing expires (and nothing older than what is retained is ever added).
+        if event_ms // _TERMINAL_FINEST_MS != last // _TERMINAL_FINEST_MS:
+            _prune_tiles(tiles, TERMINAL_TILE_SPECS, event_ms)
+            # Kept: ms // day > oldest_day, i.e. ms >= (oldest_day + 1) * day.
+            oldest_day = event_ms // TERMINAL_DAY.ms - TERMINAL_DAY.keep
+            state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * TERMINAL_DAY.ms)
     return Outcome.APPLIED
+
+
+# The terminal's per-event path: TileSpec.ms is a property, computed on every read.
+_TERMINAL_TILE_MS = tuple((spec.name, spec.ms) for spec in TERMINAL_TILE_SPECS)
+_TERMINAL_FINEST_MS = min(spec.ms for spec in TERMINAL_TILE_SPECS)
 
 
 def apply_terminal_label(
@@ -417,31 +529,68 @@ def _window_sums(
     return sums
 
 
+def _ordered_sum(values: Sequence[float]) -> float:
+    """0.0 + values[0] + values[1] + ...: the floats every reader of the tiles computes (the
+    training twin included); `sum()` compensates rounding errors from Python 3.12 on."""
+    return reduce(add, values, 0.0)
+
+
+#: Card window name -> (its tile spec's name, tile length in ms, tiles in the window): the
+#: readers run several times per scoring request.
+_CARD_WINDOW_TILES = {w.name: (w.tiles.name, w.tiles.ms, w.n_tiles) for w in CARD_WINDOWS}
+#: Per card window: the window and its count, amount sum and mean feature names.
+_CARD_WINDOW_NAMES = tuple(
+    (w, f"card_count_{w.name}", f"card_amount_sum_{w.name}", f"card_amount_mean_{w.name}")
+    for w in CARD_WINDOWS
+)
+
+
+def _card_window(state: CardState, window: Window, now_ms: int) -> tuple[CardTiles, slice]:
+    """The card's tiles of `window`'s spec, and the slice of them inside it at `now_ms`."""
+    spec, tile_ms, n_tiles = _CARD_WINDOW_TILES[window.name]
+    tiles = state.tiles[spec]
+    current = now_ms // tile_ms
+    return tiles, slice(
+        bisect_right(tiles.idx, current - n_tiles), bisect_right(tiles.idx, current)
+    )
+
+
+def _card_count_total(state: CardState, window: Window, now_ms: int) -> tuple[float, float]:
+    tiles, inside = _card_window(state, window, now_ms)
+    return float(sum(tiles.cnt[inside])), _ordered_sum(tiles.amt[inside])
+
+
+def _card_count_total_squares(
+    state: CardState, window: Window, now_ms: int
+) -> tuple[float, float, float]:
+    tiles, inside = _card_window(state, window, now_ms)
+    count = float(sum(tiles.cnt[inside]))
+    return count, _ordered_sum(tiles.amt[inside]), _ordered_sum(tiles.sq[inside])
+
+
 def card_features(state: CardState | None, now_ms: int) -> dict[str, float]:
     """The card's history features as of `now_ms`, finishing every window at read time.
 
     Means of empty windows are NaN (no spend to average), not 0.
     """
     out: dict[str, float] = {}
-    for window in CARD_WINDOWS:
+    for window, count_name, sum_name, mean_name in _CARD_WINDOW_NAMES:
         count, total = 0.0, 0.0
         if state is not None:
-            count, total = _window_sums(state.tiles, window, now_ms, 2)
-        out[f"card_count_{window.name}"] = count
-        out[f"card_amount_sum_{window.name}"] = round(total, 6)
-        out[f"card_amount_mean_{window.name}"] = round(total / count, 6) if count else math.nan
+            count, total = _card_count_total(state, window, now_ms)
+        out[count_name] = count
+        out[sum_name] = round(total, 6)
+        out[mean_name] = round(total / count, 6) if count else math.nan
     if state is None or not state.last_event_ms:
         out["card_seconds_since_last"] = math.nan
     else:
         out["card_seconds_since_last"] = max(0.0, (now_ms - state.last_event_ms) / 1000.0)
-    distinct: set[str] = set()
+    distinct = 0
     if state is not None:
         current = now_ms // HOUR.ms
-        first = current - TERMINALS_WINDOW.n_tiles
-        for idx, ids in state.terminals.items():
-            if first < idx <= current:
-                distinct.update(ids)
-    out[f"card_distinct_terminals_{TERMINALS_WINDOW.name}"] = float(len(distinct))
+        first = bisect_right(state.term_hours, current - TERMINALS_WINDOW.n_tiles)
+        distinct = len(set(state.term_ids[first : bisect_right(state.term_hours, current)]))
+    out[f"card_distinct_terminals_{TERMINALS_WINDOW.name}"] = float(distinct)
     return out
 
 
@@ -454,7 +603,7 @@ def amount_zscore(state: CardState | None, amount: float, now_ms: int) -> float:
     """
     if state is None:
         return math.nan
-    count, total, squares = _window_sums(state.tiles, ZSCORE_WINDOW, now_ms, 3)
+    count, total, squares = _card_count_total_squares(state, ZSCORE_WINDOW, now_ms)
     if not count:
         return math.nan
     mean = total / count
@@ -474,7 +623,7 @@ def amount_ratios(state: CardState | None, amount: float, now_ms: int) -> dict[s
     for window in AMOUNT_RATIO_WINDOWS:
         count, total = 0.0, 0.0
         if state is not None:
-            count, total = _window_sums(state.tiles, window, now_ms, 2)
+            count, total = _card_count_total(state, window, now_ms)
         # amount * count / total, not amount / mean: the columnar twin computes the same floats.
         ratio = round(amount * count / total, 6) if count and total > 0 else math.nan
         out[f"card_amount_ratio_{window.name}"] = ratio
@@ -490,7 +639,7 @@ def amount_cvs(state: CardState | None, now_ms: int) -> dict[str, float]:
     for window in AMOUNT_CV_WINDOWS:
         cv = math.nan
         if state is not None:
-            count, total, squares = _window_sums(state.tiles, window, now_ms, 3)
+            count, total, squares = _card_count_total_squares(state, window, now_ms)
             if count and total > 0:
                 mean = total / count
                 variance = squares / count - mean * mean
@@ -591,14 +740,17 @@ STATE_COLUMNS: tuple[str, ...] = (
 TERMINAL_STATE_COLUMNS: tuple[str, ...] = (
     "t_last_event_ms",
     *(f"t_{spec.name}_{part}" for spec in TERMINAL_TILE_SPECS for part in ("idx", "cnt", "fraud")),
-    "t_recent_ids",
-    "t_recent_ms",
+    "t_src_partition",
+    "t_src_offset",
     "t_fraud_ids",
     "t_fraud_ms",
 )
+#: `TerminalState.sources` as columns: where the stream's transactions were read, which a
+#: recomputation of the same transactions without Kafka cannot know.
+TERMINAL_SOURCE_COLUMNS: tuple[str, ...] = ("t_src_partition", "t_src_offset")
 
 
-# to_row runs once per counted transaction (the offline history): its loops are map/zip in C.
+#: Per card tile spec: its (idx, cnt, amt, sq) column names, in `CardTiles` order.
 _CARD_COLUMN_NAMES = {
     spec.name: tuple(f"{spec.name}_{part}" for part in ("idx", "cnt", "amt", "sq"))
     for spec in TILE_SPECS
@@ -608,9 +760,6 @@ TERMINAL_COLUMN_NAMES = {
     spec.name: tuple(f"t_{spec.name}_{part}" for part in ("idx", "cnt", "fraud"))
     for spec in TERMINAL_TILE_SPECS
 }
-
-
-_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list[Any]]:
@@ -623,29 +772,34 @@ def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list
 
 
 def to_row(state: CardState) -> dict[str, Any]:
+    """The state as a `card_state` row. The row shares the state's lists: neither the state
+    (`apply_transaction` replaces its lists) nor a row's reader changes them in place."""
     row: dict[str, Any] = {"last_event_ms": state.last_event_ms}
+    tiles = state.tiles
     for spec in TILE_SPECS:
-        tiles = state.tiles[spec.name]
-        idx = sorted(tiles)
-        values = list(map(tiles.__getitem__, idx))
         k_idx, k_cnt, k_amt, k_sq = _CARD_COLUMN_NAMES[spec.name]
-        row[k_idx] = idx
-        # Sums are floats from the start ([0, 0.0, 0.0] and `from_row`); counts may be floats
-        # in states built elsewhere, and the store's column is Int64.
-        row[k_cnt] = list(map(int, map(_FIRST, values)))
-        row[k_amt] = list(map(_SECOND, values))
-        row[k_sq] = list(map(_THIRD, values))
+        t = tiles[spec.name]
+        row[k_idx], row[k_cnt], row[k_amt], row[k_sq] = t.idx, t.cnt, t.amt, t.sq
     # Flattened (hour, terminal) pairs: Feast has no nested arrays.
-    term_idx: list[int] = []
-    term_ids: list[str] = []
-    for hour in sorted(state.terminals):
-        ids = state.terminals[hour]
-        term_idx.extend([hour] * len(ids))
-        term_ids.extend(ids)
-    row["h_term_idx"] = term_idx
-    row["h_term_ids"] = term_ids
+    row["h_term_idx"] = state.term_hours
+    row["h_term_ids"] = state.term_ids
     row["recent_ids"], row["recent_ms"] = _id_times_to_columns(state.recent)
     return row
+
+
+_T = TypeVar("_T")
+
+
+def _column(row: Mapping[str, Any], name: str, kind: type[_T]) -> list[_T]:
+    """A list column of a stored row as a list of `kind`, which the state may share."""
+    value: Any = row.get(name)
+    if _absent(value):
+        return []
+    # Redis gives lists of the column's type (a protobuf repeated field), taken as they are: the
+    # scorer reads a state per request. A point-in-time join gives numpy arrays.
+    if type(value) is list and (not value or type(value[0]) is kind):
+        return value
+    return list(map(kind, value))
 
 
 def from_row(row: Mapping[str, Any]) -> CardState | None:
@@ -655,16 +809,20 @@ def from_row(row: Mapping[str, Any]) -> CardState | None:
         return None
     state = CardState(last_event_ms=int(last))
     for spec in TILE_SPECS:
-        idx = _seq(row.get(f"{spec.name}_idx"))
-        cnt = _seq(row.get(f"{spec.name}_cnt"))
-        amt = _seq(row.get(f"{spec.name}_amt"))
-        sq = _seq(row.get(f"{spec.name}_sq"))
-        state.tiles[spec.name] = {
-            int(i): [float(c), float(a), float(s)]
-            for i, c, a, s in zip(idx, cnt, amt, sq, strict=True)
-        }
-    for idx, tid in zip(_seq(row.get("h_term_idx")), _seq(row.get("h_term_ids")), strict=True):
-        state.terminals.setdefault(int(idx), []).append(str(tid))
+        k_idx, k_cnt, k_amt, k_sq = _CARD_COLUMN_NAMES[spec.name]
+        tiles = CardTiles(
+            _column(row, k_idx, int),
+            _column(row, k_cnt, int),
+            _column(row, k_amt, float),
+            _column(row, k_sq, float),
+        )
+        if not len(tiles.idx) == len(tiles.cnt) == len(tiles.amt) == len(tiles.sq):
+            raise ValueError(f"card row: the {spec.name}_* tile columns differ in length")
+        state.tiles[spec.name] = tiles
+    state.term_hours = _column(row, "h_term_idx", int)
+    state.term_ids = _column(row, "h_term_ids", str)
+    if len(state.term_hours) != len(state.term_ids):
+        raise ValueError("card row: h_term_idx and h_term_ids differ in length")
     state.recent = _id_times_from_columns(row, "recent_ids", "recent_ms")
     return state
 
@@ -677,7 +835,9 @@ def terminal_to_row(state: TerminalState) -> dict[str, Any]:
         row[k_idx] = idx
         row[k_cnt] = list(map(int, cnt))
         row[k_fraud] = list(map(int, fraud))
-    row["t_recent_ids"], row["t_recent_ms"] = _id_times_to_columns(state.recent)
+    partitions = sorted(state.sources)
+    row["t_src_partition"] = partitions
+    row["t_src_offset"] = list(map(state.sources.__getitem__, partitions))
     row["t_fraud_ids"], row["t_fraud_ms"] = _id_times_to_columns(state.frauds)
     return row
 
@@ -695,7 +855,12 @@ def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:
         state.tiles[spec.name] = {
             int(i): [int(c), int(f)] for i, c, f in zip(idx, cnt, fraud, strict=True)
         }
-    state.recent = _id_times_from_columns(row, "t_recent_ids", "t_recent_ms")
+    state.sources = {
+        int(p): int(o)
+        for p, o in zip(
+            _seq(row.get("t_src_partition")), _seq(row.get("t_src_offset")), strict=True
+        )
+    }
     state.frauds = _id_times_from_columns(row, "t_fraud_ids", "t_fraud_ms")
     return state
 

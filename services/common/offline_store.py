@@ -10,11 +10,12 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from itertools import accumulate, chain
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,6 +36,8 @@ _LIST_TYPES: dict[str, pa.DataType] = {
     "fraud": pa.list_(pa.int64()),
     "ids": pa.list_(pa.string()),
     "ms": pa.list_(pa.int64()),
+    "partition": pa.list_(pa.int64()),
+    "offset": pa.list_(pa.int64()),
 }
 
 
@@ -95,7 +98,9 @@ def write_part(folder: Path, table: pa.Table) -> Path:
     """Write one immutable part file atomically (readers never see half a file)."""
     name = f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = folder / f".{name}.tmp"
-    pq.write_table(table, tmp)
+    # No dictionary encoding: it cost about half the parquet CPU of a state part (card parts
+    # 8.8 -> 4.9 µs/row without it) and saved no space (terminal parts 544 -> 406 KiB without).
+    pq.write_table(table, tmp, use_dictionary=False)
     final = folder / name
     os.replace(tmp, final)
     return final
@@ -109,6 +114,9 @@ def read(folder: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
 
 
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
 def _state_table(
     schema: pa.Schema,
     columns: tuple[str, ...],
@@ -120,31 +128,44 @@ def _state_table(
     same key in the same millisecond, so the state after the second of two same-millisecond
     events is unambiguously the latest (point-in-time joins otherwise break the tie at will).
     """
-    data: dict[str, Sequence[object]] = {}
-    stamps: list[int] = []
-    last: dict[str, tuple[int, int]] = {}
-    for key_value, event_ms, _ in rows:
-        prev_ms, prev_seq = last.get(key_value, (-1, -1))
-        seq = prev_seq + 1 if prev_ms == event_ms else 0
-        last[key_value] = (event_ms, seq)
-        stamps.append(event_ms * 1000 + min(seq, 999))
-    data[schema.names[0]] = [key_value for key_value, _, _ in rows]
-    data["event_timestamp"] = stamps
+    keys = list(map(_FIRST, rows))
+    event_ms = list(map(_SECOND, rows))
     # The stream writes one row per event: transposed in C (itemgetter, zip), not per cell.
-    values = map(itemgetter(*columns), [row for _, _, row in rows])
+    values = map(itemgetter(*columns), list(map(_THIRD, rows)))
     transposed = list(zip(*values, strict=True)) if rows else [() for _ in columns]
-    data.update(zip(columns, transposed, strict=True))
-    return pa.table([_array(data[f.name], f.type) for f in schema], schema=schema)
+    arrays = [pa.array(keys, type=pa.string()), _stamps(keys, event_ms)]
+    arrays += [_array(c, f.type) for c, f in zip(transposed, list(schema)[2:], strict=True)]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _stamps(keys: list[str], event_ms: list[int]) -> pa.Array:
+    """The rows' event_timestamp column, stamped as `_state_table` describes."""
+    stamps = np.array(event_ms, dtype=np.int64) * 1000
+    if len(set(zip(keys, event_ms, strict=True))) < len(keys):
+        # Some key has two rows in one millisecond (rare): count them up in order.
+        last: dict[str, tuple[int, int]] = {}
+        for i, (key, ms) in enumerate(zip(keys, event_ms, strict=True)):
+            prev_ms, prev_seq = last.get(key, (-1, -1))
+            seq = prev_seq + 1 if prev_ms == ms else 0
+            last[key] = (ms, seq)
+            stamps[i] += min(seq, 999)
+    return pa.array(stamps, type=_TS)
 
 
 def _array(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     """`pa.array(values, type_)`; a list column is built from its flattened values and their
     offsets, which is several times faster than converting each row's list on its own."""
-    if not pa.types.is_list(type_) or not values or any(v is None for v in values):
+    if not pa.types.is_list(type_) or not values:
         return pa.array(values, type=type_)
-    offsets = [0, *accumulate(map(len, values))]
+    try:
+        lengths = np.fromiter(map(len, values), np.int32, len(values))
+    except TypeError:
+        # A None row (no len): pyarrow builds the nulls.
+        return pa.array(values, type=type_)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
     flat = pa.array(list(chain.from_iterable(values)), type=type_.value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat, type=type_)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat, type=type_)
 
 
 def card_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:

@@ -10,9 +10,9 @@ back as DUPLICATE and nothing is written.
 Write order per batch: offline parts and the forward to the terminal-events topic (acked), the
 two at the same time, then the online push. The offline history is then never behind what the
 scorer was served; a crash in between only repeats offline rows and forwards on redelivery
-(identical content; readers deduplicate by transaction_id, terminal state by its own dedup),
-whereas the other order could lose them for good, because the redelivered transactions would be
-DUPLICATE online.
+(identical content; readers deduplicate by transaction_id, terminals by the transactions'
+source offsets), whereas the other order could lose them for good, because the redelivered
+transactions would be DUPLICATE online.
 
 Terminal state has one writer per terminal: the terminal handler, fed by the internal topic keyed
 by terminal_id, so each terminal lives in exactly one partition.
@@ -51,11 +51,13 @@ async def accept(
     batch: Sequence[Record],
     parse: Callable[[bytes | None], T | Rejected],
     dead_letters: DeadLetters,
-) -> list[T]:
-    """Count a batch, parse every message, send the rejects to the DLQ; the valid ones."""
+) -> tuple[list[T], list[Record]]:
+    """Count a batch, parse every message, send the rejects to the DLQ; the valid ones, and
+    their records in the same order."""
     metrics.EVENTS.labels(kind).inc(len(batch))
     metrics.BATCH_SIZE.labels(kind).observe(len(batch))
     valid: list[T] = []
+    records: list[Record] = []
     rejects: list[tuple[Record, Rejected]] = []
     for record in batch:
         parsed = parse(record.value)
@@ -63,8 +65,22 @@ async def accept(
             rejects.append((record, parsed))
         else:
             valid.append(parsed)
+            records.append(record)
     await dead_letters.send(rejects)
-    return valid
+    return valid, records
+
+
+def source_positions(
+    txns: Sequence[ValidTransaction], records: Sequence[Record]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(card_id, transaction_id) -> (partition, offset) of the batch's first record of it: the
+    position its forward carries. For a transaction delivered twice, any of its records would
+    serve the terminals' dedup (all lie inside the batch's offsets); the first is the one a
+    replay from the committed offset meets first too, so a replay forwards the same position."""
+    positions: dict[tuple[str, str], tuple[int, int]] = {}
+    for txn, record in zip(txns, records, strict=True):
+        positions.setdefault((txn.card_id, txn.transaction_id), (record.partition, record.offset))
+    return positions
 
 
 class StoreCaller:
@@ -119,17 +135,20 @@ class DeadLetters:
             await asyncio.gather(*pending)
 
 
-#: Terminal events per forwarded message: ~100 bytes each stays far below Kafka's 1 MB default
-#: message limit, whatever the batch size.
+#: Terminal events per forwarded message: at most ~100 bytes each stays far below Kafka's 1 MB
+#: default message limit, whatever the batch size.
 MAX_EVENTS_PER_MESSAGE = 4000
 
 
 class TerminalForwarder:
     """Sends terminal events to the internal topic and waits for the acks.
 
-    One message per destination partition per batch, each a JSON array of events: the partition
-    is the one Kafka's default partitioner gives the terminal id (so each terminal still has one
-    partition and one writer), and a batch costs a handful of sends instead of one per event.
+    One message per destination partition per batch (`processor.encode_terminal_events`): the
+    partition is the one Kafka's default partitioner gives the terminal id (so each terminal
+    still has one partition and one writer), and a batch costs a handful of sends instead of
+    one per event. A partition's events too many for one message go in several, in source
+    offset order: a terminal batch may end between them, and the terminals' dedup needs each
+    source partition's transactions in offset order (`processor.claim_terminal_events`).
     """
 
     def __init__(self, topic: TopicT, partitions: int) -> None:
@@ -144,6 +163,8 @@ class TerminalForwarder:
         headers = tracing.forward_headers()
         pending = []
         for partition, events_of in by_partition.items():
+            if len(events_of) > MAX_EVENTS_PER_MESSAGE:
+                events_of.sort(key=lambda e: (e.source_partition, e.source_offset))
             for start in range(0, len(events_of), MAX_EVENTS_PER_MESSAGE):
                 chunk = events_of[start : start + MAX_EVENTS_PER_MESSAGE]
                 pending.append(
@@ -208,15 +229,15 @@ class TransactionHandler:
 
     async def handle(self, batch: Sequence[Record]) -> None:
         with tracing.batch_span("stream.transactions", batch) as span:
-            valid: list[ValidTransaction] = await accept(
+            valid, records = await accept(
                 "transaction", batch, processor.parse_transaction, self.dead_letters
             )
             if valid:
-                await self._apply(valid)
+                await self._apply(valid, records)
             if span is not None:
                 span.set_attribute("fraudscore.valid", len(valid))
 
-    async def _apply(self, valid: list[ValidTransaction]) -> None:
+    async def _apply(self, valid: list[ValidTransaction], records: list[Record]) -> None:
         generation = self.cache.generation
         cards, misses = self.cache.split(dict.fromkeys(t.card_id for t in valid))
         if misses:
@@ -241,11 +262,10 @@ class TransactionHandler:
             )
         ]
         if self.forwarder is not None:
-            writes.append(
-                self.forwarder.send(
-                    processor.terminal_events_of_transactions(result.transaction_rows)
-                )
+            terminal_events = processor.terminal_events_of_transactions(
+                result.transaction_rows, source_positions(valid, records)
             )
+            writes.append(self.forwarder.send(terminal_events))
         # Both must precede the online push, not each other: overlapped, a batch waits for the
         # longer of the parquet write and the forward's acks instead of their sum.
         await settle(writes)
@@ -290,9 +310,7 @@ class LabelHandler:
             await self._handle(batch)
 
     async def _handle(self, batch: Sequence[Record]) -> None:
-        rows: list[dict[str, Any]] = await accept(
-            "label", batch, processor.parse_label, self.dead_letters
-        )
+        rows, _ = await accept("label", batch, processor.parse_label, self.dead_letters)
         if rows:
             # Redelivery can repeat a label row; readers keep one per transaction_id.
             writes = [self.store.call("labels", self.store.sink.write_labels, rows)]
@@ -318,7 +336,7 @@ class TerminalHandler:
 
     async def handle(self, batch: Sequence[Record]) -> None:
         with tracing.batch_span("stream.terminals", batch):
-            messages: list[list[TerminalEvent]] = await accept(
+            messages, _ = await accept(
                 "terminal", batch, processor.parse_terminal_events, self.dead_letters
             )
             valid = [event for events_of in messages for event in events_of]

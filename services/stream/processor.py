@@ -12,11 +12,12 @@ keyed by terminal_id, and `fold_terminal_batch` folds those into terminal states
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Generic, Literal, TypeVar
 
+import msgpack
 import pyarrow as pa
 from aiokafka.partitioner import murmur2
 from google.protobuf.message import DecodeError
@@ -108,7 +109,8 @@ class BatchResult:
 
     #: Final state of every card that had at least one APPLIED transaction.
     states: dict[str, CardState] = field(default_factory=dict)
-    #: (card_id, event_ms, features.to_row(state after it)) per APPLIED transaction.
+    #: (card_id, event_ms, features.to_row(state after it)) per APPLIED transaction. Read-only:
+    #: the rows share their lists with each other and with `states`.
     state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
     #: Rows of `offline_store.TRANSACTIONS_SCHEMA`, one per APPLIED transaction.
     transaction_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -263,42 +265,53 @@ class StateCache(Generic[E]):
 TerminalEventKind = Literal["transaction", "label"]
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ costs four times as much, and the stream builds one
+# per counted transaction on each side of the topic.
+@dataclass(slots=True)
 class TerminalEvent:
     """A counted transaction or a label, as the terminal handler needs it."""
 
     kind: TerminalEventKind
-    transaction_id: str
     terminal_id: str
     #: The transaction's event time (for a label too: it picks the tile the fraud lands in).
     transaction_ms: int
     #: When the terminal state changes: the transaction's event time, or the label's reported
     #: time (a label is known from then on, never earlier).
     stamp_ms: int
+    #: A transaction's record in the transactions topic, its dedup key at the terminal
+    #: (`features.claim_terminal_source`); -1 for a label.
+    source_partition: int = -1
+    source_offset: int = -1
+    #: A label's transaction (its dedup key) and verdict; a transaction event needs neither.
+    transaction_id: str = ""
     is_fraud: bool = False
 
     def order(self) -> tuple[int, int]:
         """Time order; at the same millisecond transactions first, as the backfill does."""
         return (self.stamp_ms, 0 if self.kind == "transaction" else 1)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "transaction_id": self.transaction_id,
-            "terminal_id": self.terminal_id,
-            "transaction_ms": self.transaction_ms,
-            "stamp_ms": self.stamp_ms,
-            "is_fraud": self.is_fraud,
-        }
 
-    def encode(self) -> bytes:
-        return json.dumps(self.as_dict(), separators=(",", ":")).encode()
+_source_position = attrgetter("source_partition", "source_offset")
+
+#: Wire tags of the event kinds.
+_TRANSACTION, _LABEL = 0, 1
 
 
 def encode_terminal_events(terminal_events: Sequence[TerminalEvent]) -> bytes:
-    """Many events as one message: a JSON array (one send per partition instead of per event;
-    a send costs more than folding the event)."""
-    return json.dumps([e.as_dict() for e in terminal_events], separators=(",", ":")).encode()
+    """Many events as one message (one send per partition instead of per event; a send costs
+    more than folding the event): a msgpack array of positional arrays,
+    `[0, terminal_id, event_ms, partition, offset]` per transaction and
+    `[1, terminal_id, transaction_ms, reported_ms, transaction_id, is_fraud]` per label.
+    Positional msgpack builds and parses several times faster than JSON objects."""
+    packed: bytes = msgpack.packb(
+        [
+            [_TRANSACTION, e.terminal_id, e.transaction_ms, e.source_partition, e.source_offset]
+            if e.kind == "transaction"
+            else [_LABEL, e.terminal_id, e.transaction_ms, e.stamp_ms, e.transaction_id, e.is_fraud]
+            for e in terminal_events
+        ]
+    )
+    return packed
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -309,18 +322,19 @@ def terminal_partition(terminal_id: str, partitions: int) -> int:
     return (murmur2(terminal_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def terminal_events_of_transactions(rows: Sequence[Mapping[str, Any]]) -> list[TerminalEvent]:
-    """One event per counted transaction (rows of `BatchResult.transaction_rows`)."""
-    return [
-        TerminalEvent(
-            "transaction",
-            str(row["transaction_id"]),
-            str(row["terminal_id"]),
-            int(row["event_ms"]),
-            int(row["event_ms"]),
+def terminal_events_of_transactions(
+    rows: Sequence[Mapping[str, Any]], sources: Mapping[tuple[str, str], tuple[int, int]]
+) -> list[TerminalEvent]:
+    """One event per counted transaction (rows of `BatchResult.transaction_rows`); `sources`
+    maps (card_id, transaction_id) to the (partition, offset) of the record counted."""
+    out: list[TerminalEvent] = []
+    for row in rows:
+        partition, offset = sources[(row["card_id"], row["transaction_id"])]
+        event_ms = row["event_ms"]
+        out.append(
+            TerminalEvent("transaction", row["terminal_id"], event_ms, event_ms, partition, offset)
         )
-        for row in rows
-    ]
+    return out
 
 
 def terminal_events_of_labels(rows: Sequence[Mapping[str, Any]]) -> list[TerminalEvent]:
@@ -329,11 +343,11 @@ def terminal_events_of_labels(rows: Sequence[Mapping[str, Any]]) -> list[Termina
     return [
         TerminalEvent(
             "label",
-            str(row["transaction_id"]),
             str(row["terminal_id"]),
             int(row["transaction_ms"]),
             int(row["reported_at"]) // 1000,
-            bool(row["is_fraud"]),
+            transaction_id=str(row["transaction_id"]),
+            is_fraud=bool(row["is_fraud"]),
         )
         for row in rows
         if row["terminal_id"]
@@ -341,52 +355,61 @@ def terminal_events_of_labels(rows: Sequence[Mapping[str, Any]]) -> list[Termina
 
 
 def parse_terminal_events(raw: bytes | None) -> list[TerminalEvent] | Rejected:
-    """Decode one internal message: a JSON array of events (`encode_terminal_events`) or a
-    single event (`TerminalEvent.encode`). One bad event rejects the whole message."""
+    """Decode one internal message (`encode_terminal_events`). It was written by this service,
+    so a bad one is a bug: one bad event rejects the whole message."""
     if not raw:
         return Rejected(PAYLOAD_FIELD, "empty message")
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        return Rejected(PAYLOAD_FIELD, f"undecodable terminal event: {type(exc).__name__}")
+        data = msgpack.unpackb(raw)
+    except (ValueError, TypeError) as exc:
+        return Rejected(PAYLOAD_FIELD, f"undecodable terminal events: {type(exc).__name__}")
+    if type(data) is not list:
+        return Rejected(PAYLOAD_FIELD, "terminal events are not an array")
     out: list[TerminalEvent] = []
-    for item in data if isinstance(data, list) else [data]:
+    for position, item in enumerate(data):
         event = _terminal_event(item)
-        if isinstance(event, Rejected):
-            return event
+        if event is None:
+            return Rejected(PAYLOAD_FIELD, f"malformed terminal event at position {position}")
         out.append(event)
     return out
 
 
-def parse_terminal_event(raw: bytes | None) -> TerminalEvent | Rejected:
-    """Decode one internal terminal event (written by this service, so a bad one is a bug)."""
-    if not raw:
-        return Rejected(PAYLOAD_FIELD, "empty message")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        return Rejected(PAYLOAD_FIELD, f"undecodable terminal event: {type(exc).__name__}")
-    return _terminal_event(data)
-
-
-def _terminal_event(data: Any) -> TerminalEvent | Rejected:
-    try:
-        kind = data["kind"]
-        if kind not in ("transaction", "label"):
-            return Rejected("kind", f"unknown terminal event kind {str(kind)[:20]!r}")
-        event = TerminalEvent(
-            kind,
-            str(data["transaction_id"]),
-            str(data["terminal_id"]),
-            int(data["transaction_ms"]),
-            int(data["stamp_ms"]),
-            bool(data.get("is_fraud", False)),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        return Rejected(PAYLOAD_FIELD, f"undecodable terminal event: {type(exc).__name__}")
-    if not event.transaction_id or not event.terminal_id:
-        return Rejected("terminal_id", "transaction_id and terminal_id are required")
-    return event
+def _terminal_event(item: Any) -> TerminalEvent | None:
+    """One positional event of `encode_terminal_events`; None unless every field is sound."""
+    if type(item) is not list or not item:
+        return None
+    if item[0] == _TRANSACTION and len(item) == 5:
+        _, terminal_id, event_ms, partition, offset = item
+        if (
+            type(terminal_id) is str
+            and terminal_id
+            and type(event_ms) is int
+            and type(partition) is int
+            and type(offset) is int
+            and partition >= 0
+            and offset >= 0
+        ):
+            return TerminalEvent("transaction", terminal_id, event_ms, event_ms, partition, offset)
+    elif item[0] == _LABEL and len(item) == 6:
+        _, terminal_id, transaction_ms, stamp_ms, transaction_id, is_fraud = item
+        if (
+            type(terminal_id) is str
+            and terminal_id
+            and type(transaction_ms) is int
+            and type(stamp_ms) is int
+            and type(transaction_id) is str
+            and transaction_id
+            and type(is_fraud) is bool
+        ):
+            return TerminalEvent(
+                "label",
+                terminal_id,
+                transaction_ms,
+                stamp_ms,
+                transaction_id=transaction_id,
+                is_fraud=is_fraud,
+            )
+    return None
 
 
 @dataclass
@@ -396,7 +419,7 @@ class TerminalBatchResult:
     #: Final state of every terminal that had at least one APPLIED event.
     states: dict[str, TerminalState] = field(default_factory=dict)
     #: (terminal_id, stamp_ms, features.terminal_to_row(state after it)) per APPLIED event;
-    #: only each terminal's last row here carries the dedup ids (see `fold_terminal_batch`).
+    #: only each terminal's last row here carries the dedup columns (see `fold_terminal_batch`).
     state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
 
@@ -408,14 +431,48 @@ class TerminalBatchResult:
 def fold_terminal_event(
     state: TerminalState, event: TerminalEvent, allowed_lateness_ms: int
 ) -> Outcome:
-    """Apply one event to a terminal state in place: the one place stream and backfill share."""
+    """Apply one event, already claimed if a transaction (`claim_terminal_events`), to a
+    terminal state in place."""
     if event.kind == "transaction":
-        return features.apply_terminal_transaction(
-            state, event.transaction_id, event.transaction_ms, allowed_lateness_ms
-        )
+        return features.apply_terminal_transaction(state, event.transaction_ms, allowed_lateness_ms)
     return features.apply_terminal_label(
         state, event.transaction_id, event.transaction_ms, event.is_fraud
     )
+
+
+def claim_terminal_events(
+    state: TerminalState, terminal_events: Iterable[TerminalEvent]
+) -> list[TerminalEvent]:
+    """The events of one terminal that are not replays: its labels (deduplicated by id as they
+    are applied) and the transactions whose source record the terminal claims, claimed per
+    partition in offset order (`features.claim_terminal_source`).
+
+    Why one offset per source partition tells a replay: a transactions partition is consumed
+    by one worker, batch after batch in offset order (`transport.BatchIntake`); a batch's
+    forward is acked before the batch is done (`agents.TransactionHandler`), so before the next
+    batch starts; a batch sends one message per terminal-events partition, or several in
+    offset order (`agents.TerminalForwarder`), and a Kafka partition keeps the order of one
+    producer's sends; the terminal handler reads its partition in order, and claims a batch's
+    transactions in offset order whatever their event times. So each source partition's
+    transactions reach a terminal in offset order, except that a crash rewinds the
+    transactions partition to its committed offset: the records forwarded again are the same
+    ones, at or below offsets already claimed, and what follows them is new.
+    """
+    fresh: list[TerminalEvent] = []
+    transactions: list[TerminalEvent] = []
+    for event in terminal_events:
+        (transactions if event.kind == "transaction" else fresh).append(event)
+    transactions.sort(key=_source_position)
+    claim = features.claim_terminal_source
+    # Claimed before being applied (in time order): a replay of a record claimed earlier in
+    # this same batch must see that record's time as already claimed.
+    newest = state.last_event_ms
+    for event in transactions:
+        ms = event.transaction_ms
+        if claim(state, event.source_partition, event.source_offset, ms, newest):
+            fresh.append(event)
+            newest = max(newest, ms)
+    return fresh
 
 
 def fold_terminal_batch(
@@ -423,10 +480,11 @@ def fold_terminal_batch(
     states: Mapping[str, TerminalState | None],
     allowed_lateness_ms: int,
 ) -> TerminalBatchResult:
-    """Apply a batch to copies of the terminals' states, per terminal in time order.
+    """Apply a batch to copies of the terminals' states: per terminal, replays dropped as
+    DUPLICATE (`claim_terminal_events`), the rest applied in time order.
 
     History rows before a terminal's last one in the batch leave the dedup columns
-    (`t_recent_*`, `t_fraud_*`) empty: a busy terminal holds thousands of ids, writing them
+    (`t_src_*`, `t_fraud_*`) empty: a terminal with many frauds holds many ids, writing them
     per event made the history quadratic, and nothing reads them from history rows (training
     reads the tiles; the online row and the newest history row of each terminal, the one a
     rebuild of the online store would take, are complete).
@@ -436,31 +494,41 @@ def fold_terminal_batch(
         grouped.setdefault(event.terminal_id, []).append(event)
     result = TerminalBatchResult()
     for terminal_id, events_of in grouped.items():
-        events_of.sort(key=TerminalEvent.order)
         current = states.get(terminal_id)
         state = current.copy() if current is not None else TerminalState()
+        fresh = claim_terminal_events(state, events_of)
+        result.outcomes[Outcome.DUPLICATE] += len(events_of) - len(fresh)
+        fresh.sort(key=TerminalEvent.order)
         tile_rows = _TerminalTileRows(state)
         rows: list[tuple[str, int, dict[str, object]]] = []
-        for event in events_of:
+        for event in fresh:
             outcome = fold_terminal_event(state, event, allowed_lateness_ms)
             result.outcomes[outcome] += 1
             if outcome is not Outcome.APPLIED:
                 continue
             rows.append((terminal_id, event.stamp_ms, tile_rows.row(event.transaction_ms)))
         if rows:
-            # Events that are not APPLIED change nothing: the final state is the state after
-            # the last applied one.
+            # Events that are not APPLIED change nothing but the claimed sources, which only
+            # the last row carries: it is the final state's.
             rows[-1] = (terminal_id, rows[-1][1], features.terminal_to_row(state))
             result.state_rows.extend(rows)
             result.states[terminal_id] = state
     return result
 
 
+#: Per terminal tile spec: its name, tile length and (idx, cnt, fraud) column names.
+_TERMINAL_TILE_LAYOUT: tuple[tuple[str, int, str, str, str], ...] = tuple(
+    (spec.name, spec.ms, k_idx, k_cnt, k_fraud)
+    for spec in features.TERMINAL_TILE_SPECS
+    for k_idx, k_cnt, k_fraud in [features.TERMINAL_COLUMN_NAMES[spec.name]]
+)
+
+
 class _TerminalTileRows:
-    """`features.terminal_to_row` of a terminal's tiles (no dedup ids) after each event, built
-    from the previous row: an event changes one tile per spec (its transaction's), so unless
-    tiles came or went, the row is the previous one with that tile's values replaced. Lists
-    are never changed once in a row (rows share the unchanged ones)."""
+    """`features.terminal_to_row` of a terminal's tiles (dedup columns empty) after each event,
+    built from the previous row: an event changes one tile per spec (its transaction's), so
+    unless tiles came or went, the row is the previous one with that tile's values replaced.
+    Lists are never changed once in a row (rows share the unchanged ones)."""
 
     def __init__(self, state: TerminalState) -> None:
         self.state = state
@@ -469,11 +537,12 @@ class _TerminalTileRows:
 
     def row(self, transaction_ms: int) -> dict[str, object]:
         state = self.state
+        columns = self.columns
         row: dict[str, object] = {"t_last_event_ms": state.last_event_ms}
-        for spec in features.TERMINAL_TILE_SPECS:
-            tiles = state.tiles[spec.name]
-            cached = self.columns.get(spec.name)
-            idx = transaction_ms // spec.ms
+        for name, tile_ms, k_idx, k_cnt, k_fraud in _TERMINAL_TILE_LAYOUT:
+            tiles = state.tiles[name]
+            cached = columns.get(name)
+            idx = transaction_ms // tile_ms
             position = cached[3].get(idx) if cached is not None else None
             if cached is None or position is None or len(cached[0]) != len(tiles):
                 # Tiles came or went (same count and the event's tile known: none did).
@@ -483,18 +552,16 @@ class _TerminalTileRows:
                 cached = (indices, counts, frauds, {i: n for n, i in enumerate(indices)})
             else:
                 indices, counts, frauds, positions = cached
-                tile = tiles[idx]
-                count, fraud = int(tile[0]), int(tile[1])
+                count, fraud = tiles[idx]
                 if counts[position] != count:
                     counts = counts.copy()
-                    counts[position] = count
+                    counts[position] = int(count)
                 if frauds[position] != fraud:
                     frauds = frauds.copy()
-                    frauds[position] = fraud
+                    frauds[position] = int(fraud)
                 cached = (indices, counts, frauds, positions)
-            self.columns[spec.name] = cached
-            k_idx, k_cnt, k_fraud = features.TERMINAL_COLUMN_NAMES[spec.name]
-            row[k_idx], row[k_cnt], row[k_fraud] = cached[0], cached[1], cached[2]
-        row["t_recent_ids"], row["t_recent_ms"] = [], []
+            columns[name] = cached
+            row[k_idx], row[k_cnt], row[k_fraud] = indices, counts, frauds
+        row["t_src_partition"], row["t_src_offset"] = [], []
         row["t_fraud_ids"], row["t_fraud_ms"] = [], []
         return row

@@ -120,8 +120,8 @@ def make_transactions(
 
 @dataclass
 class Expected:
-    """The batch recomputation: card and terminal rows as `features.to_row` /
-    `terminal_to_row` give them, and how many transactions were counted."""
+    """The batch recomputation: card and terminal rows as `features.to_row` / `terminal_row`
+    give them, and how many transactions were counted."""
 
     cards: dict[str, dict[str, Any]]
     terminals: dict[str, dict[str, Any]]
@@ -152,16 +152,23 @@ def recompute(
             continue
         applied += 1
         features.apply_terminal_transaction(
-            terminals.setdefault(txn.terminal_id, TerminalState()),
-            txn.transaction_id,
-            event_ms,
-            terminal_lateness_ms,
+            terminals.setdefault(txn.terminal_id, TerminalState()), event_ms, terminal_lateness_ms
         )
     return Expected(
         cards={card: features.to_row(state) for card, state in cards.items()},
-        terminals={t: features.terminal_to_row(state) for t, state in terminals.items()},
+        terminals={t: terminal_row(state) for t, state in terminals.items()},
         applied=applied,
     )
+
+
+def terminal_row(state: TerminalState) -> dict[str, Any]:
+    """`features.terminal_to_row` without the claimed source offsets: they say where the
+    worker read each transaction, which a recomputation without Kafka cannot know (and which
+    differ between partitionings); the tiles show whether anything was counted twice."""
+    row = features.terminal_to_row(state)
+    for column in features.TERMINAL_SOURCE_COLUMNS:
+        del row[column]
+    return row
 
 
 class OnlineState:
@@ -185,7 +192,7 @@ class OnlineState:
                 for c, s in zip(cards, card_states, strict=True)
             },
             {
-                t: None if s is None else features.terminal_to_row(s)
+                t: None if s is None else terminal_row(s)
                 for t, s in zip(terminals, terminal_states, strict=True)
             },
         )

@@ -43,3 +43,5 @@ def test_a_tiny_stream_bench_prints_its_figures_as_the_last_line(redis_settings:
     # The worker's CPU was read from /proc in both phases.
     assert figures["backlog_cpu_us_per_event"] > 0
     assert figures["freshness_cpu_us_per_event"] > 0
+    # The machine's Python speed reference, to compare figures across machines.
+    assert figures["machine"]["python_ref_ms"] > 0

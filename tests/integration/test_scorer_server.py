@@ -138,7 +138,8 @@ def transaction(
     fields: dict[str, object] = {
         "transaction_id": f"t-{uuid.uuid4().hex[:8]}",
         "card_id": card_id,
-        "terminal_id": "term-1",
+        # A terminal no other test writes: the project's Redis is shared across the run.
+        "terminal_id": f"term-{uuid.uuid4().hex[:8]}",
         "amount_minor": amount_minor,
         "currency": "EUR",
         "event_time": Timestamp(seconds=event_ms // 1000),

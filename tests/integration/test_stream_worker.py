@@ -269,7 +269,9 @@ def test_worker_appends_labels_to_the_label_log(
         label = transaction_pb2.FraudLabel(
             transaction_id=f"{prefix}t{i}",
             card_id=f"{prefix}{i % 3}",
-            terminal_id="term-1",
+            # A terminal of this test's own: the project's Redis is shared with other tests,
+            # and these frauds would show in any later read of a common terminal.
+            terminal_id=f"{prefix}term",
             is_fraud=i % 4 == 0,
         )
         label.transaction_time.FromMilliseconds(T0 + i * 1000)
@@ -327,7 +329,8 @@ def test_direct_redis_writes_are_byte_for_byte_what_a_feast_push_writes(
     empty = CardState(last_event_ms=T0)  # every list column empty
     terminal = features.TerminalState()
     for i in range(30):
-        features.apply_terminal_transaction(terminal, f"x{i}", T0 + i * 1000, 3_600_000)
+        features.apply_terminal_transaction(terminal, T0 + i * 1000, 3_600_000)
+        features.claim_terminal_source(terminal, i % 2, i, T0 + i * 1000, T0)
     features.apply_terminal_label(terminal, "x3", T0 + 3000, True)
     stamp_us = T0 * 1000 + 123_456
 

@@ -142,10 +142,12 @@ def plain_features(
         )
         if state is None:
             state = states[item.card_id] = features.CardState()
-        features.apply_transaction(
+        outcome = features.apply_transaction(
             state, item.transaction_id, when, amount, LATENESS, item.terminal_id
         )
-        features.apply_terminal_transaction(terminal, item.transaction_id, when, 3_600_000)
+        # A terminal counts what its card counted, as the stream forwards it.
+        if outcome is features.Outcome.APPLIED:
+            features.apply_terminal_transaction(terminal, when, 3_600_000)
     return out, states
 
 

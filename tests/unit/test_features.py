@@ -81,9 +81,41 @@ def test_old_tiles_are_pruned_so_state_stays_bounded() -> None:
     state = CardState()
     for day in range(100):
         apply_transaction(state, f"t{day}", T0 + day * 86_400_000, 1.0, LATE)
-    assert len(state.tiles["d"]) <= features.DAY.keep + 1
-    assert len(state.tiles["m"]) <= features.MINUTE.keep + 1
+    assert len(state.tiles["d"].idx) <= features.DAY.keep + 1
+    assert len(state.tiles["m"].idx) <= features.MINUTE.keep + 1
     assert len(state.recent) == 1
+
+
+def test_history_rows_and_copies_keep_the_state_they_were_taken_at() -> None:
+    """Rows and copies share the state's lists: folding on (into the newest tile, a new one,
+    an earlier one, past the retained range) must replace those lists, never change them."""
+    late = 2 * 86_400_000
+    state = CardState()
+    offsets = [0, 1000, 61_000, 30_000, 3_600_000, 3_000_000, 2 * 86_400_000, 40 * 86_400_000]
+    rows, frozen, copies = [], [], []
+    for i, offset in enumerate(offsets):
+        apply_transaction(state, f"t{i}", T0 + offset, 10.0 + i, late, terminal_id=f"p{i % 3}")
+        row = features.to_row(state)
+        rows.append(row)
+        frozen.append({k: list(v) if isinstance(v, list) else v for k, v in row.items()})
+        copies.append(state.copy())
+    assert rows == frozen
+    for copy, row in zip(copies, frozen, strict=True):
+        apply_transaction(copy, "more", T0 + 41 * 86_400_000, 1.0, late, terminal_id="q")
+        restored = features.from_row(row)
+        assert restored is not None and features.to_row(restored) == row
+    assert rows == frozen
+
+
+def test_out_of_order_events_fold_into_the_same_tiles_as_in_order() -> None:
+    in_order, shuffled = CardState(), CardState()
+    offsets = [i * 47_000 for i in range(120)]  # 94 minutes: some minute tiles expire
+    for i, offset in enumerate(offsets):
+        apply_transaction(in_order, f"t{i}", T0 + offset, float(i), 600_000)
+    # Each pair swapped: every other event is up to a minute late, within the lateness.
+    for i in [j ^ 1 for j in range(len(offsets))]:
+        apply_transaction(shuffled, f"t{i}", T0 + offsets[i], float(i), 600_000)
+    assert features.to_row(shuffled) == features.to_row(in_order)
 
 
 def test_feature_vector_follows_the_model_order() -> None:
@@ -130,7 +162,8 @@ def test_distinct_terminals_over_a_day_are_bounded_per_hour() -> None:
     assert feats["card_distinct_terminals_24h"] == features.MAX_TERMINALS_PER_TILE + 1
     assert card_features(state, T0 + 24 * 3600_000)["card_distinct_terminals_24h"] == 2
     restored = features.from_row(features.to_row(state))
-    assert restored is not None and restored.terminals == state.terminals
+    assert restored is not None
+    assert (restored.term_hours, restored.term_ids) == (state.term_hours, state.term_ids)
 
 
 def test_amount_zscore_uses_the_30_day_mean_and_spread() -> None:
@@ -148,9 +181,8 @@ def test_amount_zscore_uses_the_30_day_mean_and_spread() -> None:
 def test_terminal_risk_counts_frauds_from_when_their_labels_arrive() -> None:
     state = features.TerminalState()
     apply = features.apply_terminal_transaction
-    assert apply(state, "a", T0, LATE) is Outcome.APPLIED
-    assert apply(state, "b", T0 + 1000, LATE) is Outcome.APPLIED
-    assert apply(state, "b", T0 + 1000, LATE) is Outcome.DUPLICATE
+    assert apply(state, T0, LATE) is Outcome.APPLIED
+    assert apply(state, T0 + 1000, LATE) is Outcome.APPLIED
     before = features.terminal_features(state, T0 + 2000)
     assert (before["terminal_count_1d"], before["terminal_risk_1d"]) == (2, 0.0)
     assert features.apply_terminal_label(state, "a", T0, True) is Outcome.APPLIED
@@ -164,9 +196,87 @@ def test_terminal_risk_counts_frauds_from_when_their_labels_arrive() -> None:
     assert later["terminal_count_1d"] == 0
     assert math.isnan(later["terminal_risk_1d"])
     assert later["terminal_risk_7d"] == 0.5
+    assert features.claim_terminal_source(state, 3, 17, T0, state.last_event_ms)
     restored = features.terminal_from_row(features.terminal_to_row(state))
     assert restored is not None
     assert features.terminal_to_row(restored) == features.terminal_to_row(state)
+    assert (restored.sources, restored.frauds) == ({3: 17}, {"a": T0})
+
+
+def test_terminal_claims_each_source_record_once_per_partition() -> None:
+    """A terminal remembers one offset per transactions-topic partition, not transaction ids:
+    a record at or below the newest one claimed from its partition is a replay."""
+    state = features.TerminalState()
+
+    def claim(partition: int, offset: int) -> bool:
+        # As the stream does: claim, then count (a replay's event time is then not newer).
+        ms = T0 + offset * 1000
+        claimed = features.claim_terminal_source(state, partition, offset, ms, state.last_event_ms)
+        if claimed:
+            features.apply_terminal_transaction(state, ms, LATE)
+        return claimed
+
+    assert [claim(0, offset) for offset in (5, 6, 9)] == [True, True, True]
+    assert [claim(0, offset) for offset in (9, 6, 0)] == [False, False, False]
+    # Partitions are independent: partition 1 starts from nothing, whatever partition 0 saw.
+    assert claim(1, 2) and claim(0, 10)
+    assert state.sources == {0: 10, 1: 2}
+    row = features.terminal_to_row(state)
+    assert (row["t_src_partition"], row["t_src_offset"]) == ([0, 1], [10, 2])
+    restored = features.terminal_from_row(row)
+    assert restored is not None and restored.sources == state.sources
+    assert not features.claim_terminal_source(restored, 1, 2, T0 + 2000, restored.last_event_ms)
+
+
+def test_a_recreated_transactions_topic_is_not_taken_for_replays() -> None:
+    """Offsets restart at 0 when the topic is created again. A low offset whose transaction is
+    newer than anything the terminal counted cannot be a replay (a replay was counted before):
+    it is claimed, and the partition's count restarts from it."""
+    state = features.TerminalState()
+
+    def claim(offset: int, ms: int) -> bool:
+        return features.claim_terminal_source(state, 0, offset, ms, state.last_event_ms)
+
+    for offset in range(100, 110):
+        ms = T0 + offset * 1000
+        assert claim(offset, ms)
+        features.apply_terminal_transaction(state, ms, LATE)
+    newest = state.last_event_ms
+    # A replay of an old record: not newer than the terminal's newest.
+    assert not claim(105, T0 + 105_000)
+    # The new topic's first records: offsets from 0, times after the terminal's newest.
+    assert claim(0, newest + 1)
+    assert state.sources == {0: 0}
+    features.apply_terminal_transaction(state, newest + 1, LATE)
+    assert claim(1, newest + 2)
+    # ... and a replay of those is a replay again.
+    assert not claim(0, newest + 1)
+
+
+def test_terminal_tiles_and_frauds_expire_as_the_hours_go_by() -> None:
+    """Pruning runs only when the newest hour changes; what it keeps is what pruning after
+    every event kept: the retained hour and day tiles, and the frauds in retained days."""
+    state = features.TerminalState()
+    for minute in range(0, 60 * 24 * 60, 7):
+        ms = T0 + minute * 60_000
+        assert features.apply_terminal_transaction(state, ms, LATE) is Outcome.APPLIED
+        if minute % 1440 < 7:  # a fraud on each day's first transaction
+            features.apply_terminal_label(state, f"x{minute}", ms, True)
+    last_hour = state.last_event_ms // features.HOUR.ms
+    last_day = state.last_event_ms // features.TERMINAL_DAY.ms
+    assert min(state.tiles["h"]) == last_hour - features.HOUR.keep + 1
+    assert min(state.tiles["d"]) == last_day - features.TERMINAL_DAY.keep + 1
+    assert len(state.frauds) == features.TERMINAL_DAY.keep
+    assert min(state.frauds.values()) // features.TERMINAL_DAY.ms == min(state.tiles["d"])
+
+
+def test_terminal_transaction_older_than_the_lateness_is_late() -> None:
+    state = features.TerminalState()
+    apply = features.apply_terminal_transaction
+    assert apply(state, T0, LATE) is Outcome.APPLIED
+    assert apply(state, T0 - LATE, LATE) is Outcome.APPLIED
+    assert apply(state, T0 - LATE - 1, LATE) is Outcome.LATE
+    assert features.terminal_features(state, T0)["terminal_count_1d"] == 2
 
 
 def test_amount_ratio_compares_with_the_cards_mean_before_the_transaction() -> None:
@@ -210,14 +320,14 @@ def _terminal_with_history() -> features.TerminalState:
     state = features.TerminalState()
     apply = features.apply_terminal_transaction
     for i in range(4):
-        apply(state, f"d0-{i}", T0 + i * 1000, LATE)
-    apply(state, "d2", T0 + 2 * DAY_MS, LATE)
+        apply(state, T0 + i * 1000, LATE)
+    apply(state, T0 + 2 * DAY_MS, LATE)
     features.apply_terminal_label(state, "d0-0", T0, True)
     for i in range(2):
-        apply(state, f"d3-{i}", T0 + 3 * DAY_MS + i, LATE)
+        apply(state, T0 + 3 * DAY_MS + i, LATE)
     for i in range(2):
         features.apply_terminal_label(state, f"d3-{i}", T0 + 3 * DAY_MS + i, True)
-    apply(state, "d9", T0 + 9 * DAY_MS, LATE)
+    apply(state, T0 + 9 * DAY_MS, LATE)
     return state
 
 
@@ -256,7 +366,7 @@ def test_delayed_windows_end_label_delay_days_before_the_read() -> None:
     assert math.isnan(early["terminal_delayed_risk_30d"])
     # 37 days on, the day-0 tile is still inside the delayed 30 d window (t - 37 d, t - 7 d].
     state_later = _terminal_with_history()
-    features.apply_terminal_transaction(state_later, "d36", T0 + 36 * DAY_MS, LATE)
+    features.apply_terminal_transaction(state_later, T0 + 36 * DAY_MS, LATE)
     late = features.terminal_features(state_later, T0 + 36 * DAY_MS + 1)
     assert late["terminal_delayed_count_30d"] == 8
     assert late["terminal_delayed_risk_30d"] == 0.375
@@ -266,7 +376,7 @@ def test_delayed_windows_end_label_delay_days_before_the_read() -> None:
 
 def test_label_for_a_transaction_older_than_every_window_is_late() -> None:
     state = features.TerminalState()
-    features.apply_terminal_transaction(state, "now", T0 + 40 * 86_400_000, LATE)
+    features.apply_terminal_transaction(state, T0 + 40 * 86_400_000, LATE)
     assert features.apply_terminal_label(state, "ancient", T0, True) is Outcome.LATE
     assert state.frauds == {}
 

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from services.common import features
 from services.common.features import CardState
 from services.proto.fraudscore.v1 import transaction_pb2
@@ -203,7 +205,7 @@ def test_forwarded_terminal_events_travel_one_message_per_partition() -> None:
     topic = FakeTopic()
     forwarder = agents.TerminalForwarder(topic, partitions=4)  # type: ignore[arg-type]
     sent = [
-        processor.TerminalEvent("transaction", f"x{i}", f"term-{i % 9}", T0 + i, T0 + i)
+        processor.TerminalEvent("transaction", f"term-{i % 9}", T0 + i, T0 + i, 0, i)
         for i in range(60)
     ]
     asyncio.run(forwarder.send(sent))
@@ -217,9 +219,100 @@ def test_forwarded_terminal_events_travel_one_message_per_partition() -> None:
             message["partition"]
         }
         received.extend(events_of)
-    assert sorted(received, key=lambda e: e.transaction_id) == sorted(
-        sent, key=lambda e: e.transaction_id
+    assert sorted(received, key=lambda e: e.source_offset) == sent
+
+
+def test_a_partitions_events_split_over_messages_go_in_source_offset_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A terminal batch may end between two messages of one forward: the first must hold each
+    source partition's lower offsets, or the terminals would take the rest for replays."""
+    monkeypatch.setattr(agents, "MAX_EVENTS_PER_MESSAGE", 4)
+    topic = FakeTopic()
+    forwarder = agents.TerminalForwarder(topic, partitions=1)  # type: ignore[arg-type]
+    positions = [(1, 7), (0, 3), (1, 5), (0, 9), (0, 1), (1, 6)]
+    asyncio.run(
+        forwarder.send(
+            [
+                processor.TerminalEvent("transaction", "term-1", T0 - i, T0 - i, p, o)
+                for i, (p, o) in enumerate(positions)
+            ]
+        )
     )
+    positions_sent = []
+    for message in topic.sent:
+        events_of = processor.parse_terminal_events(message["value"])
+        assert isinstance(events_of, list)
+        positions_sent.append([(e.source_partition, e.source_offset) for e in events_of])
+    assert positions_sent == [[(0, 1), (0, 3), (0, 9), (1, 5)], [(1, 6), (1, 7)]]
+
+
+class CrashingSink(FakeSink):
+    """Dies (like a kill -9 would) at its next online push while `crash` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash = False
+
+    def push_online(
+        self, states: dict[str, CardState], stamps: dict[str, int], rows: Any = None
+    ) -> None:
+        if self.crash:
+            raise Crash
+        super().push_online(states, stamps, rows)
+
+
+class Crash(BaseException):
+    """Not an Exception: the handler's retries must not catch it, as they would not a crash."""
+
+
+async def test_transactions_forwarded_again_after_a_crash_count_once_at_their_terminal() -> None:
+    """The worker dies between a batch's forward and its online push; its successor handles the
+    records again from the committed offset, batched differently. Every terminal still counts
+    each transaction once, however the terminal-events messages fall into terminal batches."""
+    sink = CrashingSink()
+    terminal_topic = FakeTopic()
+    records = [event(txn_bytes(f"x{i}", f"c{i % 5}", T0 + 1000 * (i % 7)), i) for i in range(30)]
+    for offset in (3, 17):  # an upstream duplicate: counted by its card only once
+        records.append(event(txn_bytes(f"x{offset}", f"c{offset % 5}", T0), 30 + offset))
+
+    def handler() -> agents.TransactionHandler:
+        return agents.TransactionHandler(
+            agents.StoreCaller(sink, retry_max_s=0.01),  # type: ignore[arg-type]
+            agents.DeadLetters(FakeTopic(), "transaction"),  # type: ignore[arg-type]
+            StateCache(),
+            allowed_lateness_ms=300_000,
+            forwarder=agents.TerminalForwarder(terminal_topic, partitions=2),  # type: ignore[arg-type]
+        )
+
+    await handler().handle(records[:10])
+    sink.crash = True
+    try:
+        await handler().handle(records[10:25])
+    except Crash:
+        pass
+    else:
+        raise AssertionError("the push did not crash")
+    sink.crash = False
+    successor = handler()
+    for start in range(10, len(records), 8):
+        await successor.handle(records[start : start + 8])
+
+    messages: list[list[processor.TerminalEvent]] = []
+    for sent in terminal_topic.sent:
+        parsed = processor.parse_terminal_events(sent["value"])
+        assert isinstance(parsed, list)
+        messages.append(parsed)
+    for size in (1, 2, 3, len(messages)):
+        states: dict[str, features.TerminalState | None] = {}
+        for start in range(0, len(messages), size):
+            batch = [e for events_of in messages[start : start + size] for e in events_of]
+            states.update(processor.fold_terminal_batch(batch, states, 3_600_000).states)
+        (state,) = states.values()  # every transaction is at terminal "t"
+        assert state is not None
+        assert features.terminal_features(state, T0 + 7000)["terminal_count_1d"] == 30, size
+    # The crashed batch's forward did go out before the crash, and was sent again.
+    assert sum(map(len, messages)) > 30
 
 
 def test_terminal_partition_is_kafkas_default_partitioner() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pyarrow as pa
 
 from services.common import features, offline_store
@@ -253,10 +254,23 @@ def test_cache_evicts_the_least_recently_used_card() -> None:
     assert misses == ["b"]
 
 
+def txn_event(terminal: str, ms: int, offset: int, partition: int = 0) -> processor.TerminalEvent:
+    """A forwarded transaction read at `offset` of transactions-topic `partition`."""
+    return processor.TerminalEvent("transaction", terminal, ms, ms, partition, offset)
+
+
+def label_event(
+    terminal: str, tid: str, txn_ms: int, reported_ms: int, is_fraud: bool = True
+) -> processor.TerminalEvent:
+    return processor.TerminalEvent(
+        "label", terminal, txn_ms, reported_ms, transaction_id=tid, is_fraud=is_fraud
+    )
+
+
 def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
     txn_rows = [
-        {"transaction_id": "x1", "terminal_id": "m1", "event_ms": T0 + 5},
-        {"transaction_id": "x2", "terminal_id": "m1", "event_ms": T0 + 10},
+        {"transaction_id": "x2", "card_id": "c2", "terminal_id": "m1", "event_ms": T0 + 10},
+        {"transaction_id": "x1", "card_id": "c1", "terminal_id": "m1", "event_ms": T0 + 5},
     ]
     label_rows = [
         {
@@ -276,44 +290,50 @@ def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
     ]
     sent = processor.terminal_events_of_labels(label_rows)
     assert len(sent) == 1, "a label without a terminal changes no terminal"
-    sent += processor.terminal_events_of_transactions(txn_rows)
-    parsed = [processor.parse_terminal_event(e.encode()) for e in reversed(sent)]
-    assert sorted(parsed, key=processor.TerminalEvent.order) == sorted(
-        sent, key=processor.TerminalEvent.order
-    )
-    result = processor.fold_terminal_batch(
-        [e for e in parsed if isinstance(e, processor.TerminalEvent)], {}, LATENESS_MS
-    )
+    sources = {("c1", "x1"): (2, 40), ("c2", "x2"): (2, 41)}
+    sent += processor.terminal_events_of_transactions(txn_rows, sources)
+    assert [(e.source_partition, e.source_offset) for e in sent] == [(-1, -1), (2, 41), (2, 40)]
+    parsed = processor.parse_terminal_events(processor.encode_terminal_events(sent))
+    assert parsed == sent
+    result = processor.fold_terminal_batch(parsed, {}, LATENESS_MS)
     # The label (reported at x2's millisecond) comes after x2, stamped with its reported time.
     assert [(stamp, row["t_d_fraud"]) for _, stamp, row in result.state_rows] == [
         (T0 + 5, [0]),
         (T0 + 10, [0]),
         (T0 + 10, [1]),
     ]
+    assert result.states["m1"].sources == {2: 41}
     table = offline_store.terminal_state_table(result.state_rows)
     assert table.schema == offline_store.TERMINAL_STATE_SCHEMA
     stamps = [ts.value // 1000 for ts in table["event_timestamp"].to_pandas()]
     assert stamps == [(T0 + 5) * 1000, (T0 + 10) * 1000, (T0 + 10) * 1000 + 1]
+    assert table["t_src_offset"].to_pylist() == [[], [], [41]]
 
 
-def test_malformed_terminal_event_is_rejected() -> None:
-    assert isinstance(processor.parse_terminal_event(b"{"), Rejected)
-    assert isinstance(processor.parse_terminal_event(b'{"kind":"x"}'), Rejected)
-
-
-def test_batched_terminal_events_round_trip_and_one_bad_event_rejects_the_message() -> None:
-    sent = [
-        processor.TerminalEvent("transaction", "x1", "term-1", T0, T0),
-        processor.TerminalEvent("label", "x0", "term-2", T0 - 5, T0 + 9, is_fraud=True),
+def test_malformed_terminal_messages_are_rejected_whole() -> None:
+    good = processor.encode_terminal_events([txn_event("term-1", T0, 7)])
+    assert processor.parse_terminal_events(good) == [txn_event("term-1", T0, 7)]
+    bad_events: list[object] = [
+        [0, "term-1", T0, 0],  # too short
+        [0, "", T0, 0, 7],  # no terminal
+        [0, "term-1", "T0", 0, 7],  # time not an int
+        [0, "term-1", T0, 0, -1],  # no source offset
+        [0, "term-1", T0, True, 7],  # partition not an int
+        [1, "term-1", T0, T0, "", True],  # label without its transaction
+        [1, "term-1", T0, T0, "x1", 1],  # verdict not a bool
+        [2, "term-1", T0, T0, 0],  # unknown kind
+        "term-1",
     ]
-    assert processor.parse_terminal_events(processor.encode_terminal_events(sent)) == sent
-    # A single-event message (the older format) is read as a batch of one.
-    assert processor.parse_terminal_events(sent[0].encode()) == [sent[0]]
-    bad = b'[{"kind":"transaction","transaction_id":"x","terminal_id":"t","transaction_ms":1,'
-    bad += b'"stamp_ms":1},{"kind":"nope"}]'
-    assert isinstance(processor.parse_terminal_events(bad), Rejected)
-    assert isinstance(processor.parse_terminal_events(b"[{"), Rejected)
-    assert isinstance(processor.parse_terminal_events(None), Rejected)
+    for bad in bad_events:
+        message = msgpack.packb([[0, "term-2", T0, 0, 8], bad])
+        rejected = processor.parse_terminal_events(message)
+        assert isinstance(rejected, Rejected), bad
+        assert rejected.reason == "malformed terminal event at position 1"
+    # Bytes that are no msgpack, a truncated message, a message that is no array, an event
+    # of the former JSON format, nothing at all.
+    for raw in (b"\xc1", good[:-1], msgpack.packb({"kind": 0}), b'[{"kind":"transaction"}]'):
+        assert isinstance(processor.parse_terminal_events(raw), Rejected), raw
+    assert processor.parse_terminal_events(None) == Rejected("payload", "empty message")
 
 
 def test_state_rows_keep_store_types_for_fresh_and_restored_states() -> None:
@@ -336,45 +356,120 @@ def test_state_rows_keep_store_types_for_fresh_and_restored_states() -> None:
     assert features.to_row(restored)["h_amt"] == [7.5, 7.0]
 
 
-def test_terminal_history_rows_carry_dedup_ids_only_in_each_terminals_last_row() -> None:
+def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_row() -> None:
     """Every row has the tiles of the state after its event; the dedup columns are filled in
     the last row per terminal only, which equals the final state's full row."""
     events = [
-        processor.TerminalEvent("transaction", f"x{i}", term, T0 + i * 1000, T0 + i * 1000)
+        txn_event(term, T0 + i * 1000, 100 + i)
         for i, term in enumerate(["ta", "tb", "ta", "ta", "tb"])
     ]
-    events.append(processor.TerminalEvent("transaction", "x0", "ta", T0, T0))  # duplicate
-    events.append(processor.TerminalEvent("label", "x2", "ta", T0 + 2000, T0 + 9000, True))
+    events.append(txn_event("ta", T0, 100))  # the first one again
+    events.append(label_event("ta", "x2", T0 + 2000, T0 + 9000))
     result = processor.fold_terminal_batch(events, {}, 3_600_000)
 
     replay: dict[str, features.TerminalState] = {}
     expected = []
-    for event in sorted(events, key=lambda e: (e.terminal_id != "ta", e.order())):
+    for event in sorted(
+        events[:-2] + events[-1:], key=lambda e: (e.terminal_id != "ta", e.order())
+    ):
         state = replay.setdefault(event.terminal_id, features.TerminalState())
         if processor.fold_terminal_event(state, event, 3_600_000) is Outcome.APPLIED:
             expected.append((event.terminal_id, event.stamp_ms, features.terminal_to_row(state)))
     assert [(t, s) for t, s, _ in result.state_rows] == [(t, s) for t, s, _ in expected]
-    dedup = ("t_recent_ids", "t_recent_ms", "t_fraud_ids", "t_fraud_ms")
+    dedup = ("t_src_partition", "t_src_offset", "t_fraud_ids", "t_fraud_ms")
     last = {t: i for i, (t, _, _) in enumerate(expected)}
     for i, ((_, _, got), (terminal, _, full)) in enumerate(
         zip(result.state_rows, expected, strict=True)
     ):
         if i == last[terminal]:
-            assert got == full
             assert got == features.terminal_to_row(result.states[terminal])
+            assert {k: v for k, v in got.items() if k not in dedup[:2]} == {
+                k: v for k, v in full.items() if k not in dedup[:2]
+            }
         else:
             assert {k: v for k, v in got.items() if k not in dedup} == {
                 k: v for k, v in full.items() if k not in dedup
             }
             assert all(got[k] == [] for k in dedup)
-    assert result.final_rows()["ta"]["t_recent_ids"] == ["x0", "x2", "x3"]
+    final = result.final_rows()
+    assert (final["ta"]["t_src_partition"], final["ta"]["t_src_offset"]) == ([0], [103])
+    assert (final["ta"]["t_fraud_ids"], final["tb"]["t_src_offset"]) == (["x2"], [104])
     assert result.outcomes[Outcome.DUPLICATE] == 1
+
+
+def test_redelivered_terminal_message_is_duplicate() -> None:
+    """The terminal-events topic redelivers a message (the terminal handler crashed after its
+    online push, before its commit): every transaction in it is a DUPLICATE, in a later batch
+    or in the same one."""
+    message = processor.encode_terminal_events(
+        [txn_event(f"t{i % 3}", T0 + 1000 * (i % 4), 50 + i) for i in range(12)]
+    )
+    events = processor.parse_terminal_events(message)
+    assert isinstance(events, list)
+    first = processor.fold_terminal_batch(events, {}, 3_600_000)
+    assert first.outcomes[Outcome.APPLIED] == 12
+    again = processor.fold_terminal_batch(events, first.states, 3_600_000)
+    assert again.outcomes[Outcome.DUPLICATE] == 12
+    assert again.states == {} and again.state_rows == []
+    twice = processor.fold_terminal_batch(events + events, {}, 3_600_000)
+    assert (twice.outcomes[Outcome.APPLIED], twice.outcomes[Outcome.DUPLICATE]) == (12, 12)
+    assert twice.final_rows() == first.final_rows()
+    # The claims survive the store: a terminal read back from its row still knows them.
+    restored = {t: features.terminal_from_row(row) for t, row in first.final_rows().items()}
+    assert (
+        processor.fold_terminal_batch(events, restored, 3_600_000).outcomes[Outcome.DUPLICATE] == 12
+    )
+
+
+def test_reforwarded_transactions_after_a_crash_are_duplicate() -> None:
+    """The card handler forwarded a batch, then crashed before its online push: the replay
+    forwards the same records again (here batched differently, and followed by new ones).
+    Only the new ones count, whether the replay comes in the terminal's next batch or the
+    same one as the original."""
+    original = [txn_event("t1", T0 + 1000 * (i % 5), offset=i) for i in range(10)]
+    replay = [txn_event("t1", T0 + 1000 * (i % 5), offset=i) for i in range(6)]
+    replay_rest = [txn_event("t1", T0 + 1000 * (i % 5), offset=i) for i in range(6, 14)]
+    first = processor.fold_terminal_batch(original, {}, 3_600_000)
+    second = processor.fold_terminal_batch(replay, first.states, 3_600_000)
+    assert (second.outcomes[Outcome.DUPLICATE], second.states) == (6, {})
+    third = processor.fold_terminal_batch(replay_rest, first.states, 3_600_000)
+    assert (third.outcomes[Outcome.DUPLICATE], third.outcomes[Outcome.APPLIED]) == (4, 4)
+    together = processor.fold_terminal_batch(original + replay + replay_rest, {}, 3_600_000)
+    assert together.outcomes[Outcome.APPLIED] == 14
+    for states in (third.states, together.states):
+        assert features.terminal_features(states["t1"], T0 + 5000)["terminal_count_1d"] == 14
+        assert states["t1"].sources == {0: 13}
+
+
+def test_events_from_two_source_partitions_interleaved_are_all_applied() -> None:
+    """Offsets of different partitions are unrelated, and within a batch event time and offset
+    order differ: every transaction still counts, in the terminal's time order."""
+    events = [
+        txn_event("t1", T0 + 4000, offset=900, partition=1),
+        txn_event("t1", T0 + 1000, offset=12, partition=0),
+        txn_event("t1", T0 + 3000, offset=10, partition=0),  # earlier offset, later time
+        txn_event("t1", T0 + 2000, offset=901, partition=1),
+        txn_event("t1", T0 + 5000, offset=11, partition=0),
+    ]
+    result = processor.fold_terminal_batch(events, {}, 3_600_000)
+    assert result.outcomes[Outcome.APPLIED] == 5
+    assert [stamp for _, stamp, _ in result.state_rows] == [T0 + 1000 * i for i in range(1, 6)]
+    assert result.states["t1"].sources == {0: 12, 1: 901}
+    # The next batch: partition 1 went on, partition 0 is replayed from offset 11.
+    later = [
+        txn_event("t1", T0 + 6000, offset=902, partition=1),
+        txn_event("t1", T0 + 5000, offset=11, partition=0),
+        txn_event("t1", T0 + 7000, offset=13, partition=0),
+    ]
+    next_batch = processor.fold_terminal_batch(later, result.states, 3_600_000)
+    assert (next_batch.outcomes[Outcome.APPLIED], next_batch.outcomes[Outcome.DUPLICATE]) == (2, 1)
+    assert next_batch.states["t1"].sources == {0: 13, 1: 902}
 
 
 def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
     """The history rows are built incrementally (one tile per spec changes per event): over
     many batches, with hour and day tiles created and pruned, labels on old tiles, late and
-    duplicate events, every row's tiles equal a plain replay's `terminal_to_row`."""
+    replayed events, every row's tiles equal a plain replay's `terminal_to_row`."""
     import random
 
     rng = random.Random(11)
@@ -382,9 +477,10 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
     states: dict[str, features.TerminalState] = {}
     replay: dict[str, features.TerminalState] = {}
     now, n = T0, 0
-    dedup = ("t_recent_ids", "t_recent_ms", "t_fraud_ids", "t_fraud_ms")
+    dedup = ("t_src_partition", "t_src_offset", "t_fraud_ids", "t_fraud_ms")
     for _ in range(60):
         events = []
+        replayed: list[processor.TerminalEvent] = []
         for _ in range(rng.randint(1, 120)):
             now += rng.randint(0, 40 * 60_000)
             n += 1
@@ -392,14 +488,15 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
             if rng.random() < 0.2:
                 txn_ms = now - rng.randint(0, 40 * 86_400_000)
                 tid = f"x{rng.randint(0, n)}"
-                events.append(
-                    processor.TerminalEvent("label", tid, terminal, txn_ms, now, rng.random() < 0.8)
-                )
+                events.append(label_event(terminal, tid, txn_ms, now, rng.random() < 0.8))
             else:
                 ms = now - rng.choice([0, 0, 60_000, 2 * lateness_ms])
-                tid = f"x{n}" if rng.random() > 0.1 else f"x{rng.randint(0, n)}"
-                events.append(processor.TerminalEvent("transaction", tid, terminal, ms, ms))
-        result = processor.fold_terminal_batch(events, states, lateness_ms)
+                event = txn_event(terminal, ms, offset=n)
+                events.append(event)
+                if rng.random() < 0.1:
+                    replayed.append(event)
+        result = processor.fold_terminal_batch(events + replayed, states, lateness_ms)
+        assert result.outcomes[Outcome.DUPLICATE] >= len(replayed)
         states.update(result.states)
         expected = []
         for event in sorted(events, key=lambda e: (e.terminal_id, e.order())):
