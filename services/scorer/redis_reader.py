@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,38 @@ def _entity_value(value: Any, value_type: ValueType) -> ValueProto:
     if value_type == ValueType.INT32:
         return ValueProto(int32_val=int(value))
     return python_values_to_proto_values([value], value_type)[0]
+
+
+def round_trip(
+    client: redis.Redis,
+    pack: Callable[[Any], Sequence[bytes]],
+    replies: int,
+    *,
+    keep_errors: bool = False,
+) -> list[Any]:
+    """Send commands in one write and read their `replies`: a pipeline without redis-py's
+    Pipeline object (command stack, retries, instrumentation), which costs more CPU than the
+    round trip itself. `pack(connection)` gives the commands' wire bytes. An error reply raises,
+    or with `keep_errors` takes its reply's place as the exception. A connection that failed
+    mid-way is closed, never reused."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(pack(conn))
+        out: list[Any] = []
+        for _ in range(replies):
+            try:
+                out.append(conn.read_response())
+            except redis.ResponseError as error:
+                if not keep_errors:
+                    raise
+                out.append(error)
+    except BaseException:
+        conn.disconnect()
+        pool.release(conn)
+        raise
+    pool.release(conn)
+    return out
 
 
 @dataclass(frozen=True)
@@ -273,20 +305,7 @@ class RedisOnlineReader:
         return float(connect) + 2 * float(socket_timeout)
 
     def _round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send all commands in one write and read their replies: a pipeline without redis-py's
-        Pipeline object (command stack, retries, instrumentation), which costs more CPU than
-        the round trip itself. A connection that failed mid-way is closed, never reused."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies = [conn.read_response() for _ in commands]
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        pool.release(conn)
-        return replies
+        return round_trip(self.client, lambda conn: conn.pack_commands(commands), len(commands))
 
     def read(self, view: str, entities: Sequence[Any]) -> list[Row]:
         return self.read_many([(view, e) for e in entities])

@@ -36,6 +36,7 @@ from services.scorer.redis_reader import (
     ViewLayout,
     decode_value,
     parse_connection_string,
+    round_trip,
 )
 
 if TYPE_CHECKING:
@@ -456,26 +457,10 @@ class RedisOnlineStore:
         return sum(replies)
 
     def _round_trip(self, commands: Sequence[bytes]) -> list[Any]:
-        """Send packed commands in one write and read every reply, an error reply as its
-        exception: a pipeline without redis-py's Pipeline object (command stack, callbacks,
-        instrumentation), which costs more CPU than the round trip. A connection that failed
-        mid-way is closed, never reused; the caller retries."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([b"".join(commands)])
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as error:
-                    replies.append(error)
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        pool.release(conn)
-        return replies
+        """Send packed commands and read every reply, an error reply as its exception."""
+        return round_trip(
+            self.client, lambda _conn: [b"".join(commands)], len(commands), keep_errors=True
+        )
 
     def close(self) -> None:
         self.client.close()

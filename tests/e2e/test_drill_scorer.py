@@ -60,6 +60,47 @@ class DrillSettings(BaseSettings):
     min_rate_share: float = Field(
         0.9, description="Share of `rps` the load must reach for the drill to count."
     )
+    capacity_share: float = Field(
+        0.5,
+        description="The drill runs at `rps` or at this share of what the machine can serve, "
+        "whichever is lower: CPU per request of the scorers and the load together, measured "
+        "before the drill, against the machine's cores.",
+    )
+    min_rps: float = Field(
+        200.0, description="Below this the machine is too slow for the drill to mean anything."
+    )
+
+
+#: The calibration load before the drill: requests/s and seconds.
+CALIBRATION_RPS = 600.0
+CALIBRATION_S = 4.0
+
+
+def affordable_rps(
+    address: str, scorers: list[Any], cards: list[str], drill: DrillSettings
+) -> dict[str, float]:
+    """The rate the drill runs at, and why. Overload alone misses the budget whatever Redis
+    does (the 50 ms budget is queueing time on a saturated core), so a drill at a rate the
+    machine cannot carry tests the machine, not the fallback: the same code passed at
+    1,000/s on one session's machine (~1.1 ms of scorer and load CPU per request) and failed
+    before the outage on the next one's (~1.7 ms per request, 2 cores)."""
+    cpu_before = sum(p.cpu_s() for p in scorers)
+    run = TimelineRun(
+        LoadSpec(address, CALIBRATION_RPS, CALIBRATION_S, cards, warmup_s=1.0, timeout_s=1.0)
+    )
+    try:
+        timeline = run.result()
+    finally:
+        run.stop()
+    sent = max(int(np.count_nonzero(~np.isnan(timeline.sent_at))), 1)
+    cpu_per_request = (sum(p.cpu_s() for p in scorers) - cpu_before + timeline.client_cpu_s) / sent
+    capacity = (os.cpu_count() or 1) / cpu_per_request
+    return {
+        "rps": round(min(drill.rps, drill.capacity_share * capacity), 1),
+        "configured_rps": drill.rps,
+        "capacity_rps": round(capacity, 1),
+        "calibration_cpu_us_per_request": round(cpu_per_request * 1e6, 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,11 +253,13 @@ def test_redis_outage_under_load_falls_back_only_while_redis_is_down(
     own_redis: OwnRedis,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    drill = DrillSettings()
     stack, address, cards = outage_scorer
     reset_s = stack.scorer.breaker_reset_s
     budget_s = stack.scorer.budget_ms / 1000.0
     scorers = stack.scorer_processes()
+    rate = affordable_rps(address, scorers, cards, DrillSettings())
+    assert rate["rps"] >= DrillSettings().min_rps, f"this machine cannot run the drill: {rate}"
+    drill = DrillSettings(rps=rate["rps"])
     # One watch per replica: each has a breaker of its own, as each pod does.
     watches = [BreakerWatch(replica.metrics_port) for replica in stack.scorer_replicas]
     for watch in watches:
@@ -278,6 +321,7 @@ def test_redis_outage_under_load_falls_back_only_while_redis_is_down(
     figures["scorer_cpu_us_per_request"] = round(scorer_cpu_s / sent * 1e6, 1)
     figures["client_cpu_us_per_request"] = round(timeline.client_cpu_s / sent * 1e6, 1)
     figures["load_avg_1m"] = _load_average()
+    figures["rate"] = rate
     with capsys.disabled():
         print(f"\nredis outage drill: {json.dumps(figures)}")
 
