@@ -71,9 +71,13 @@ class DrillSettings(BaseSettings):
     )
 
 
-#: The calibration load before the drill: requests/s and seconds.
-CALIBRATION_RPS = 600.0
+#: The calibration load before the drill: requests/s and seconds. Low enough for the slowest
+#: machine the drill has run on: at 600/s a CI run's calibration itself overloaded the scorers,
+#: tripped a breaker on slow Redis reads, and the drill then met it still open (10 s reset).
+CALIBRATION_RPS = 300.0
 CALIBRATION_S = 4.0
+#: The short load that gives a breaker left open its half-open trial call.
+SETTLE_RPS = 20.0
 
 
 def affordable_rps(
@@ -100,7 +104,32 @@ def affordable_rps(
         "configured_rps": drill.rps,
         "capacity_rps": round(capacity, 1),
         "calibration_cpu_us_per_request": round(cpu_per_request * 1e6, 1),
+        "calibration_fallbacks": int(np.count_nonzero(timeline.ok & timeline.fallback)),
     }
+
+
+def breaker_states(ports: list[int]) -> list[float | None]:
+    return [scrape(port).get("fraudscore_breaker_state") for port in ports]
+
+
+def settle_breakers(
+    address: str, ports: list[int], cards: list[str], reset_s: float, attempts: int = 3
+) -> int:
+    """Closes every breaker the calibration may have left open, before the drill's clock starts:
+    an open breaker only tries again on a call after its reset timeout. Returns how many
+    reset timeouts were waited out; fails the test when a breaker stays open."""
+    for waited in range(attempts + 1):
+        if all(state == 0 for state in breaker_states(ports)):
+            return waited
+        if waited == attempts:
+            break
+        time.sleep(reset_s + 0.2)
+        run = TimelineRun(LoadSpec(address, SETTLE_RPS, 1.0, cards, warmup_s=0.0, timeout_s=1.0))
+        try:
+            run.result()
+        finally:
+            run.stop()
+    pytest.fail(f"a breaker stays open with Redis up: states {breaker_states(ports)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +288,8 @@ def test_redis_outage_under_load_falls_back_only_while_redis_is_down(
     scorers = stack.scorer_processes()
     rate = affordable_rps(address, scorers, cards, DrillSettings())
     assert rate["rps"] >= DrillSettings().min_rps, f"this machine cannot run the drill: {rate}"
+    ports = [replica.metrics_port for replica in stack.scorer_replicas]
+    rate["calibration_resets_waited"] = settle_breakers(address, ports, cards, reset_s)
     drill = DrillSettings(rps=rate["rps"])
     # One watch per replica: each has a breaker of its own, as each pod does.
     watches = [BreakerWatch(replica.metrics_port) for replica in stack.scorer_replicas]
