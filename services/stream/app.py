@@ -62,6 +62,8 @@ def make_app(
     `terminal_partitions`: of the internal terminal-events topic (default: asked from Kafka).
     """
     intake = transport.BatchIntake(batch_window_s=stream_settings.batch_window_s)
+    if stream_settings.gc_freeze_batches and stream_settings.gc_gen0_threshold > 0:
+        intake.after_batch = runtime.BatchHeap(stream_settings.gc_full_collect_s).after_batch
     consumer_transport = transport.transport_class(stream_settings.fetch_max_wait_ms, intake)
 
     class App(faust.App):
