@@ -272,6 +272,9 @@ class TransactionHandler:
         await self.store.call(
             "online", sink.push_online, result.states, stamps, result.final_rows()
         )
+        if result.state_rows:
+            # The time first: a scrape that sees the count sees this batch's time too.
+            metrics.LAST_APPLIED.labels("card").set_to_current_time()
         metrics.APPLIED_ONLINE.labels("card").inc(len(result.state_rows))
         # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
         updated = dict(cards)
@@ -370,6 +373,9 @@ class TerminalHandler:
             stamps,
             result.final_rows(),
         )
+        if result.state_rows:
+            # The time first: a scrape that sees the count sees this batch's time too.
+            metrics.LAST_APPLIED.labels("terminal").set_to_current_time()
         metrics.APPLIED_ONLINE.labels("terminal").inc(len(result.state_rows))
         updated = dict(terminals)
         updated.update(

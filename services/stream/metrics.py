@@ -30,6 +30,13 @@ APPLIED_ONLINE = Counter(
     "behind the applied counters while a batch is being written.",
     ["view"],
 )
+LAST_APPLIED = Gauge(
+    "fraudscore_stream_last_applied_timestamp_seconds",
+    "Unix time of the last batch whose states reached the online store, by view (card, "
+    "terminal): `time() - this` while the consumer lag is above 0 is how long the online "
+    "features have been standing still.",
+    ["view"],
+)
 DLQ = Counter(
     "fraudscore_stream_dlq_total",
     # By field, not by reason text: reasons can embed values, fields are a closed set.

@@ -102,9 +102,13 @@ def test_replaying_the_topic_from_offset_0_changes_nothing(
     expected = recompute(txns)
     assert expected.applied == len(txns)
     produced = produce(fresh_topics, txns)
+    started = time.time()
     first = launcher.start()
     finish(launcher, online, expected, produced, [first])
     assert outcomes(first) == {"applied": len(txns), "duplicate": 0, "late": 0}
+    for view in ("card", "terminal"):
+        last = first.metric("fraudscore_stream_last_applied_timestamp_seconds", view=view)
+        assert started < last <= time.time(), view
     before = online.snapshot(expected)
     assert first.stop() == 0, first.tail()
 
@@ -123,6 +127,10 @@ def test_replaying_the_topic_from_offset_0_changes_nothing(
     assert outcomes(replay) == {"applied": 0, "duplicate": len(txns), "late": 0}
     # Duplicates are not forwarded: the terminals saw nothing either.
     assert replay.metric("fraudscore_stream_applied_online_total", view="terminal") == 0
+    # Nothing it read changed a state, so it never wrote one: its online features stand still.
+    samples = replay.metrics()
+    assert samples is not None and samples, "the replay worker's /metrics did not answer"
+    assert not [key for key in samples if "last_applied_timestamp" in key], samples
     assert online.snapshot(expected) == before
     assert online.differences(expected) == []
     assert replay.stop() == 0, replay.tail()
