@@ -123,8 +123,8 @@ class WorkerProcess(StreamWorker):
         super().__init__(env, log_path, metrics_port, append=False, cwd=REPO_ROOT)
 
     def counters(self) -> dict[str, float] | None:
-        """The worker's consumed and applied-online counters (None while /metrics does not
-        answer)."""
+        """The worker's consumed and applied-online counters and last-applied times, as
+        `name:label` (None while /metrics does not answer)."""
         self.check_alive()
         samples = self.metrics()
         if samples is None:
