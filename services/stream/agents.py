@@ -83,6 +83,15 @@ def source_positions(
     return positions
 
 
+def applied_online(view: str, applied: int) -> None:
+    """Count a batch's `applied` events whose states are now in the online store, and stamp
+    the view's last write (unless nothing changed). The time first: a scrape that sees the
+    count sees this batch's time too."""
+    if applied:
+        metrics.LAST_APPLIED.labels(view).set_to_current_time()
+    metrics.APPLIED_ONLINE.labels(view).inc(applied)
+
+
 class StoreCaller:
     """Runs blocking sink calls in the sink's thread, retrying failures with backoff."""
 
@@ -272,10 +281,7 @@ class TransactionHandler:
         await self.store.call(
             "online", sink.push_online, result.states, stamps, result.final_rows()
         )
-        if result.state_rows:
-            # The time first: a scrape that sees the count sees this batch's time too.
-            metrics.LAST_APPLIED.labels("card").set_to_current_time()
-        metrics.APPLIED_ONLINE.labels("card").inc(len(result.state_rows))
+        applied_online("card", len(result.state_rows))
         # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
         updated = dict(cards)
         updated.update(
@@ -373,10 +379,7 @@ class TerminalHandler:
             stamps,
             result.final_rows(),
         )
-        if result.state_rows:
-            # The time first: a scrape that sees the count sees this batch's time too.
-            metrics.LAST_APPLIED.labels("terminal").set_to_current_time()
-        metrics.APPLIED_ONLINE.labels("terminal").inc(len(result.state_rows))
+        applied_online("terminal", len(result.state_rows))
         updated = dict(terminals)
         updated.update(
             {
