@@ -156,7 +156,9 @@ def _array(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     """`pa.array(values, type_)`; a list column is built from its flattened values and their
     offsets, which is several times faster than converting each row's list on its own."""
     if not pa.types.is_list(type_) or not values:
-        return pa.array(values, type=type_)
+        # A list, never the tuple the caller's transposition gives: pyarrow converts a tuple
+        # of ints ~60 times slower (1.5 µs against 0.025 µs per int64 here).
+        return pa.array(list(values), type=type_)
     try:
         lengths = np.fromiter(map(len, values), np.int32, len(values))
     except TypeError:

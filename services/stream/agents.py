@@ -190,13 +190,15 @@ class TerminalForwarder:
             await asyncio.gather(*pending)
 
 
-async def settle(calls: Sequence[Awaitable[Any]]) -> None:
+async def settle(calls: Sequence[Awaitable[Any]]) -> list[Any]:
     """Run `calls` concurrently and raise the first error only once all have ended: a batch
-    retried while one of its writes still runs could see it land after the retry's."""
+    retried while one of its writes still runs could see it land after the retry's. Their
+    results, in order."""
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    return results
 
 
 async def until_done(
@@ -277,9 +279,14 @@ class TransactionHandler:
             writes.append(self.forwarder.send(terminal_events))
         # Both must precede the online push, not each other: overlapped, a batch waits for the
         # longer of the parquet write and the forward's acks instead of their sum.
-        await settle(writes)
+        history = (await settle(writes))[0]
         await self.store.call(
-            "online", sink.push_online, result.states, stamps, result.final_rows()
+            "online",
+            sink.push_online,
+            result.states,
+            stamps,
+            result.final_rows(),
+            None if history is None else (history, result.final_positions()),
         )
         applied_online("card", len(result.state_rows))
         # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
@@ -371,13 +378,16 @@ class TerminalHandler:
             terminal_id: processor.next_stamp_us(terminals[terminal_id].stamp_floor_us, now_us)
             for terminal_id in result.states
         }
-        await self.store.call("terminal_offline", sink.write_terminal_offline, result.state_rows)
+        history = await self.store.call(
+            "terminal_offline", sink.write_terminal_offline, result.state_rows
+        )
         await self.store.call(
             "terminal_online",
             sink.push_terminals_online,
             result.states,
             stamps,
             result.final_rows(),
+            None if history is None else (history, result.final_positions()),
         )
         applied_online("terminal", len(result.state_rows))
         updated = dict(terminals)

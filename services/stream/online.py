@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from operator import call, itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pyarrow as pa
 import redis
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import (
@@ -38,6 +39,7 @@ from services.scorer.redis_reader import (
     parse_connection_string,
     round_trip,
 )
+from services.stream import columnar
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -335,6 +337,8 @@ class ViewWriter:
     #: A row -> the field/value pairs of its features, as RESP bulk strings.
     encode_row: Callable[[Mapping[str, Any]], bytes]
     ts_field: bytes
+    #: The same for whole tables of rows, column by column (None: a type it cannot encode).
+    encode_table: columnar.RowsEncoder | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,11 @@ class RedisOnlineStore:
                 layout=layout,
                 encode_row=row_encoder(layout.features, layout.fields[:-1], value_types[name]),
                 ts_field=layout.fields[-1],
+                encode_table=columnar.RowsEncoder(
+                    layout.features, layout.fields[:-1], value_types[name]
+                )
+                if columnar.supports(value_types[name])
+                else None,
             )
             for name, layout in layouts.items()
         }
@@ -422,26 +431,51 @@ class RedisOnlineStore:
         if not rows:
             return 0
         writer = self.views[view]
-        # EVALSHA <sha> 1 <key> <ts field> <stamp> <ttl> <field/value pairs>, packed by hand:
-        # the constant arguments once, a batch's few distinct stamps once each.
+        prefix = self._prefixer(view)
+        return self._send(
+            [prefix(entity, stamp_us) + writer.encode_row(row) for entity, stamp_us, row in rows]
+        )
+
+    def write_table(
+        self, view: str, entities: Sequence[str], stamps_us: Sequence[int], table: pa.Table
+    ) -> int:
+        """`write` of row i of `table` (columns named as the view's features) for
+        `entities[i]` stamped `stamps_us[i]`, encoded column by column (`columnar`): the same
+        bytes as `write`, for a fraction of the CPU."""
+        if not entities:
+            return 0
+        writer = self.views[view]
+        prefix = self._prefixer(view)
+        prefixes = [prefix(e, s) for e, s in zip(entities, stamps_us, strict=True)]
+        encoded = (
+            writer.encode_table.encode(table, prefixes) if writer.encode_table is not None else None
+        )
+        if encoded is None:
+            # A null cell, or a type without a columnar form: row by row.
+            rows = table.select(list(writer.layout.features)).to_pylist()
+            return self._send(
+                [p + writer.encode_row(r) for p, r in zip(prefixes, rows, strict=True)]
+            )
+        return self._send(encoded)
+
+    def _prefixer(self, view: str) -> Callable[[str, int], bytes]:
+        """(entity, stamp) -> the head of its write: EVALSHA <sha> 1 <key> <ts field> <stamp>
+        <ttl>, packed by hand; the constant arguments once, a batch's few distinct stamps
+        once each."""
+        writer = self.views[view]
         head = b"*%d\r\n" % (7 + len(writer.layout.features) * 2)
         head += _bulk(b"EVALSHA") + _bulk(WRITE_IF_NEWER_SHA.encode()) + _bulk(b"1")
         ts_field = _bulk(writer.ts_field)
         ttl = _bulk(b"%d" % (self.key_ttl_seconds or 0))
         stamps = _Memo(lambda stamp_us: _bulk(timestamp_bytes(stamp_us)))
-        commands = [
-            b"".join(
-                (
-                    head,
-                    _bulk(self.key(view, entity)),
-                    ts_field,
-                    stamps[stamp_us],
-                    ttl,
-                    writer.encode_row(row),
-                )
-            )
-            for entity, stamp_us, row in rows
-        ]
+
+        def prefix(entity: str, stamp_us: int) -> bytes:
+            return b"".join((head, _bulk(self.key(view, entity)), ts_field, stamps[stamp_us], ttl))
+
+        return prefix
+
+    def _send(self, commands: Sequence[bytes] | columnar.Commands) -> int:
+        """Run the write commands in one round trip; rows written."""
         replies = self._round_trip(commands)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -456,11 +490,10 @@ class RedisOnlineStore:
                 raise reply
         return sum(replies)
 
-    def _round_trip(self, commands: Sequence[bytes]) -> list[Any]:
+    def _round_trip(self, commands: Sequence[bytes] | columnar.Commands) -> list[Any]:
         """Send packed commands and read every reply, an error reply as its exception."""
-        return round_trip(
-            self.client, lambda _conn: [b"".join(commands)], len(commands), keep_errors=True
-        )
+        blob = commands.blob if isinstance(commands, columnar.Commands) else b"".join(commands)
+        return round_trip(self.client, lambda _conn: [blob], len(commands), keep_errors=True)
 
     def close(self) -> None:
         self.client.close()

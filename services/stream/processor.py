@@ -120,6 +120,10 @@ class BatchResult:
         """`features.to_row` of each changed card's final state: its last history row."""
         return {card_id: row for card_id, _, row in self.state_rows}
 
+    def final_positions(self) -> dict[str, int]:
+        """Where each changed card's last history row is in `state_rows`."""
+        return {card_id: i for i, (card_id, _, _) in enumerate(self.state_rows)}
+
 
 def group_by_card(txns: Iterable[ValidTransaction]) -> dict[str, list[ValidTransaction]]:
     """Transactions per card in event order; ties keep arrival order (the sort is stable)."""
@@ -426,6 +430,10 @@ class TerminalBatchResult:
     def final_rows(self) -> dict[str, dict[str, object]]:
         """`features.terminal_to_row` of each changed terminal's final state."""
         return {terminal_id: row for terminal_id, _, row in self.state_rows}
+
+    def final_positions(self) -> dict[str, int]:
+        """Where each changed terminal's last history row is in `state_rows`."""
+        return {terminal_id: i for i, (terminal_id, _, _) in enumerate(self.state_rows)}
 
 
 def fold_terminal_event(

@@ -8,12 +8,13 @@ the event loop consuming and serializes use of the FeatureStore (not documented 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 
 from services.common import feast_repo, features, offline_store
 from services.common.features import CardState, TerminalState
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 _TS_SUFFIX = "__ts"
+
+#: A batch's offline history table and, per key, the position of its final row in it.
+History = tuple[pa.Table, Mapping[str, int]]
 
 
 def push_frame(states: Mapping[str, CardState], stamps_us: Mapping[str, int]) -> pd.DataFrame:
@@ -127,41 +131,64 @@ class FeastSink:
         self,
         state_rows: list[tuple[str, int, dict[str, object]]],
         transaction_rows: Sequence[Mapping[str, Any]],
-    ) -> None:
-        """Append the batch's card_state history and transaction log as one part each."""
+    ) -> pa.Table | None:
+        """Append the batch's card_state history and transaction log as one part each; the
+        history's table (its rows are the online rows too: `push_online`'s `history`)."""
         if not state_rows:
-            return
+            return None
         started = time.perf_counter()
-        offline_store.write_part(
-            self.repo_dir / offline_store.CARD_STATE_DIR,
-            offline_store.card_state_table(state_rows),
-        )
+        history = offline_store.card_state_table(state_rows)
+        offline_store.write_part(self.repo_dir / offline_store.CARD_STATE_DIR, history)
         offline_store.write_part(
             self.repo_dir / offline_store.TRANSACTIONS_DIR,
             processor.transactions_table(transaction_rows),
         )
         metrics.WRITE_SECONDS.labels("offline").observe(time.perf_counter() - started)
+        return history
 
     def push_online(
         self,
         states: Mapping[str, CardState],
         stamps_us: Mapping[str, int],
         rows: Mapping[str, Mapping[str, object]] | None = None,
+        history: History | None = None,
     ) -> None:
         """One pipelined write for the whole batch, in Feast's layout (a Feast push costs
         ~5.7 ms plus a DataFrame/Arrow round trip per cell). `rows`: the states' `to_row`s, if
-        the caller has them already."""
+        the caller has them already; `history`: the batch's offline table and each state's row
+        in it, which are encoded column by column instead (far cheaper)."""
         if not states:
             return
         started = time.perf_counter()
+        self._push(feast_repo.FEATURE_VIEW, states, stamps_us, history, rows, features.to_row)
+        metrics.WRITE_SECONDS.labels("online").observe(time.perf_counter() - started)
+
+    def _push(
+        self,
+        view: str,
+        states: Mapping[str, Any],
+        stamps_us: Mapping[str, int],
+        history: History | None,
+        rows: Mapping[str, Mapping[str, object]] | None,
+        to_row: Callable[[Any], Mapping[str, object]],
+    ) -> None:
+        if history is not None:
+            table, positions = history
+            keys = list(states)
+            self.online.write_table(
+                view,
+                keys,
+                [stamps_us[key] for key in keys],
+                table.take(pa.array([positions[key] for key in keys], type=pa.int64())),
+            )
+            return
         self.online.write(
-            feast_repo.FEATURE_VIEW,
+            view,
             [
-                (card_id, stamps_us[card_id], rows[card_id] if rows else features.to_row(s))
-                for card_id, s in states.items()
+                (key, stamps_us[key], rows[key] if rows else to_row(state))
+                for key, state in states.items()
             ],
         )
-        metrics.WRITE_SECONDS.labels("online").observe(time.perf_counter() - started)
 
     def write_labels(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -188,32 +215,35 @@ class FeastSink:
         metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
         return loaded
 
-    def write_terminal_offline(self, state_rows: list[tuple[str, int, dict[str, object]]]) -> None:
-        """Append the batch's terminal_state history as one part."""
+    def write_terminal_offline(
+        self, state_rows: list[tuple[str, int, dict[str, object]]]
+    ) -> pa.Table | None:
+        """Append the batch's terminal_state history as one part; its table."""
         if not state_rows:
-            return
+            return None
         started = time.perf_counter()
-        offline_store.write_part(
-            self.repo_dir / offline_store.TERMINAL_STATE_DIR,
-            offline_store.terminal_state_table(state_rows),
-        )
+        history = offline_store.terminal_state_table(state_rows)
+        offline_store.write_part(self.repo_dir / offline_store.TERMINAL_STATE_DIR, history)
         metrics.WRITE_SECONDS.labels("terminal_offline").observe(time.perf_counter() - started)
+        return history
 
     def push_terminals_online(
         self,
         states: Mapping[str, TerminalState],
         stamps_us: Mapping[str, int],
         rows: Mapping[str, Mapping[str, object]] | None = None,
+        history: History | None = None,
     ) -> None:
-        """One pipelined write for the whole batch of terminals."""
+        """One pipelined write for the whole batch of terminals (as `push_online`)."""
         if not states:
             return
         started = time.perf_counter()
-        self.online.write(
+        self._push(
             feast_repo.TERMINAL_FEATURE_VIEW,
-            [
-                (t, stamps_us[t], rows[t] if rows else features.terminal_to_row(s))
-                for t, s in states.items()
-            ],
+            states,
+            stamps_us,
+            history,
+            rows,
+            features.terminal_to_row,
         )
         metrics.WRITE_SECONDS.labels("terminal_online").observe(time.perf_counter() - started)

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import redis
 from feast.value_type import ValueType
@@ -177,3 +178,49 @@ def test_an_error_reply_is_raised_and_the_connection_stays_usable(
     assert stored_n(store, "e") == 1
     assert store.write(VIEW, [("e", T0_US + 1, row(3))]) == 1
     assert stored_n(store, "e") == 3
+
+
+def table_of(rows: list[dict[str, Any]]) -> pa.Table:
+    schema = pa.schema(
+        [("n", pa.int64()), ("amt", pa.list_(pa.float64())), ("ids", pa.list_(pa.string()))]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def test_a_table_written_column_by_column_lands_as_its_rows_would(
+    redis_settings: RedisSettings,
+) -> None:
+    by_rows, by_table = store_of(redis_settings), store_of(redis_settings)
+    try:
+        assert by_table.views[VIEW].encode_table is not None
+        rows = [row(n) for n in range(40)]
+        entities = [f"e{n % 25}" for n in range(40)]  # some entities twice: in order
+        stamps = [T0_US + (n * 7919) % 100 for n in range(40)]
+        written = by_rows.write(VIEW, list(zip(entities, stamps, rows, strict=True)))
+        assert by_table.write_table(VIEW, entities, stamps, table_of(rows)) == written
+        for entity in set(entities):
+            assert by_table.client.hgetall(by_table.key(VIEW, entity)) == by_rows.client.hgetall(
+                by_rows.key(VIEW, entity)
+            )
+    finally:
+        by_rows.close()
+        by_table.close()
+
+
+def test_a_table_with_a_null_cell_is_written_row_by_row(store: RedisOnlineStore) -> None:
+    table = table_of([row(1), {"n": 2, "amt": None, "ids": ["t2"]}])
+    assert store.write_table(VIEW, ["e", "f"], [T0_US, T0_US], table) == 2
+    assert stored_n(store, "f") == 2
+    (stored,) = store.read(VIEW, ["f"])
+    assert stored.row["amt"] is None and stored.row["ids"] == ["t2"]
+
+
+def test_a_table_refused_for_a_missing_script_is_written_once_it_is_loaded(
+    store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = online.WRITE_IF_NEWER + f"-- {uuid.uuid4().hex}\n"
+    monkeypatch.setattr(online, "WRITE_IF_NEWER", script)
+    monkeypatch.setattr(online, "WRITE_IF_NEWER_SHA", hashlib.sha1(script.encode()).hexdigest())
+    table = table_of([row(1), row(2)])
+    assert store.write_table(VIEW, ["e", "e"], [T0_US, T0_US - 1], table) == 1
+    assert stored_n(store, "e") == 1

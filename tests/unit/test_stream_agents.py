@@ -37,7 +37,11 @@ class FakeSink:
         self.offline_rows.extend(state_rows)
 
     def push_online(
-        self, states: dict[str, CardState], stamps: dict[str, int], rows: Any = None
+        self,
+        states: dict[str, CardState],
+        stamps: dict[str, int],
+        rows: Any = None,
+        history: Any = None,
     ) -> None:
         if self.fail_pushes:
             self.fail_pushes -= 1
@@ -130,10 +134,14 @@ class OrderedSink(FakeSink):
         super().write_offline(state_rows, transaction_rows)
 
     def push_online(
-        self, states: dict[str, CardState], stamps: dict[str, int], rows: Any = None
+        self,
+        states: dict[str, CardState],
+        stamps: dict[str, int],
+        rows: Any = None,
+        history: Any = None,
     ) -> None:
         self.log.append("online")
-        super().push_online(states, stamps, rows)
+        super().push_online(states, stamps, rows, history)
 
 
 class AckLaterTopic(FakeTopic):
@@ -255,11 +263,15 @@ class CrashingSink(FakeSink):
         self.crash = False
 
     def push_online(
-        self, states: dict[str, CardState], stamps: dict[str, int], rows: Any = None
+        self,
+        states: dict[str, CardState],
+        stamps: dict[str, int],
+        rows: Any = None,
+        history: Any = None,
     ) -> None:
         if self.crash:
             raise Crash
-        super().push_online(states, stamps, rows)
+        super().push_online(states, stamps, rows, history)
 
 
 class Crash(BaseException):
