@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.common import currency
 from services.proto.fraudscore.v1 import transaction_pb2
@@ -21,8 +21,10 @@ class InvalidTransaction(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class ValidTransaction:
+class ValidTransaction(NamedTuple):
+    """A transaction that passed `validate`. A named tuple: immutable, and built for every
+    consumed event at a fraction of a frozen dataclass's cost."""
+
     transaction_id: str
     card_id: str
     terminal_id: str

@@ -115,7 +115,7 @@ class StreamSettings(BaseSettings):
     batch_size: int = Field(
         500,
         description="Records of a topic buffered before they are handed to its handler as one "
-        "batch (one Feast write, one offline part); a busy handler's backlog goes at up to 16 "
+        "batch (one Feast write, one offline part); a busy handler's backlog goes at up to 32 "
         "times this.",
     )
     batch_window_s: float = Field(

@@ -50,8 +50,10 @@ BatchHandler = Callable[[Sequence[Record]], Awaitable[None]]
 #: handler that fell behind gets more than `batch_size` at once, so this costs no freshness: at
 #: 5,000/s a batch holds what came while the previous one was handled (~600 records). 16
 #: instead of 4 took `bench stream`'s backlog from ~12,000 to ~17,000 events/s (a batch's
-#: writes, parquet parts and forwards cost the same whatever its size).
-MAX_BATCHES_PER_HANDOVER = 16
+#: writes, parquet parts and forwards cost the same whatever its size); 32 instead of 16 took
+#: the 200,000-event backlog from ~12,700 to ~14,700 on a slower machine: the more of a card's
+#: events one batch holds, the fewer online rows, state copies and terminal rows per event.
+MAX_BATCHES_PER_HANDOVER = 32
 #: How often the fetch loop looks whether a busy handler with records waiting is free again.
 HANDOVER_POLL_S = 0.02
 

@@ -145,9 +145,9 @@ def test_a_worker_killed_mid_stream_and_restarted_ends_at_the_batch_recomputatio
     assert expected.applied == n
     produced = produce(fresh_topics, txns)
 
-    # Small batches: a worker behind takes up to 16 batches in one handover, so at the default
+    # Small batches: a worker behind takes up to 32 batches in one handover, so at the default
     # size this whole backlog could be one batch, written before any kill could land in it.
-    victim = launcher.start(batch_size=50)
+    victim = launcher.start(batch_size=25)
     # Killed once a first batch is written online (not merely folded: a busy worker's first
     # handover may hold 800 of the backlog), so the restart has stored states to resume from.
     wait_until(
