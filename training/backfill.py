@@ -68,16 +68,6 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} lack column(s) {missing}")
 
 
-def _transactions_table(rows: list[tuple[str, str, str, float, int]]) -> pa.Table:
-    tids, cards, terminals, amounts, events = (list(col) for col in zip(*rows, strict=True))
-    micros = [ms * 1000 for ms in events]
-    schema = offline_store.TRANSACTIONS_SCHEMA
-    arrays = [tids, cards, terminals, amounts, events, micros]
-    return pa.table(
-        [pa.array(a, type=f.type) for a, f in zip(arrays, schema, strict=True)], schema=schema
-    )
-
-
 def _labels_table(labels: pd.DataFrame) -> pa.Table:
     schema = offline_store.LABELS_SCHEMA
     reported = labels["reported_ms"].to_numpy(np.int64) * 1000
@@ -260,7 +250,9 @@ class _PartWriter:
             self.parts += 1
             self.rows.clear()
         if self.tx_rows and self._tx_folder is not None:
-            offline_store.write_part(self._tx_folder, _transactions_table(self.tx_rows))
+            offline_store.write_part(
+                self._tx_folder, offline_store.transactions_table(self.tx_rows)
+            )
             self.parts += 1
             self.tx_rows.clear()
 

@@ -783,9 +783,10 @@ def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list
     return [idx, *(list(column) for column in zip(*values, strict=True))]
 
 
-def to_row(state: CardState) -> dict[str, Any]:
+def to_row(state: CardState, dedup: bool = True) -> dict[str, Any]:
     """The state as a `card_state` row. The row shares the state's lists: neither the state
-    (`apply_transaction` replaces its lists) nor a row's reader changes them in place."""
+    (`apply_transaction` replaces its lists) nor a row's reader changes them in place.
+    Without `dedup`, the dedup columns (`dedup_columns`) are left empty."""
     row: dict[str, Any] = {"last_event_ms": state.last_event_ms}
     tiles = state.tiles
     for spec in TILE_SPECS:
@@ -795,8 +796,17 @@ def to_row(state: CardState) -> dict[str, Any]:
     # Flattened (hour, terminal) pairs: Feast has no nested arrays.
     row["h_term_idx"] = state.term_hours
     row["h_term_ids"] = state.term_ids
-    row["recent_ids"], row["recent_ms"] = _id_times_to_columns(state.recent)
+    if dedup:
+        row["recent_ids"], row["recent_ms"] = _id_times_to_columns(state.recent)
+    else:
+        row["recent_ids"], row["recent_ms"] = [], []
     return row
+
+
+def dedup_columns(state: CardState) -> dict[str, list[Any]]:
+    """The columns of `to_row` that only the stream's dedup reads: the recent ids."""
+    ids, times = _id_times_to_columns(state.recent)
+    return {"recent_ids": ids, "recent_ms": times}
 
 
 _T = TypeVar("_T")

@@ -187,6 +187,20 @@ def _flat(values: Sequence[Any], type_: pa.DataType, count: int) -> pa.Array:
 _NUMPY_TYPES: dict[pa.DataType, type[np.generic]] = {pa.int64(): np.int64}
 
 
+def transactions_table(rows: Sequence[tuple[str, str, str, float, int]]) -> pa.Table:
+    """(transaction_id, card_id, terminal_id, amount, event_ms) per transaction -> a part of
+    the transaction log (event_timestamp is event_ms in microseconds)."""
+    schema = TRANSACTIONS_SCHEMA
+    if not rows:
+        return schema.empty_table()
+    tids, cards, terminals, amounts, events = (list(c) for c in zip(*rows, strict=True))
+    micros = np.array(events, dtype=np.int64) * 1000
+    arrays = [tids, cards, terminals, amounts, events, micros]
+    return pa.table(
+        [pa.array(a, type=f.type) for a, f in zip(arrays, schema, strict=True)], schema=schema
+    )
+
+
 def card_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:
     """(card_id, event_ms, features.to_row(state)) in applied order -> a card_state part."""
     return _state_table(CARD_STATE_SCHEMA, features.STATE_COLUMNS, rows)

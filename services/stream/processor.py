@@ -112,8 +112,9 @@ class BatchResult:
     #: (card_id, event_ms, features.to_row(state after it)) per APPLIED transaction. Read-only:
     #: the rows share their lists with each other and with `states`.
     state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
-    #: Rows of `offline_store.TRANSACTIONS_SCHEMA`, one per APPLIED transaction.
-    transaction_rows: list[dict[str, Any]] = field(default_factory=list)
+    #: The APPLIED transactions, in applied order: the rows of the transaction log
+    #: (`offline_store.transactions_table`).
+    transaction_rows: list[ValidTransaction] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
 
     def final_rows(self) -> dict[str, dict[str, object]]:
@@ -141,8 +142,16 @@ def fold_batch(
     allowed_lateness_ms: int,
 ) -> BatchResult:
     """Apply a batch to copies of the cards' states (the inputs stay untouched, so a batch whose
-    writes fail leaves any cache as it was)."""
+    writes fail leaves any cache as it was).
+
+    History rows before a card's last one in the batch leave the dedup columns (`recent_*`)
+    empty, as the terminals' do (`fold_terminal_batch`): nothing reads them from history rows
+    (training reads the tiles), and the ids of all transactions cost as much to store as the
+    tiles they are in. The online row and the newest history row of each card, the one a
+    rebuild of the online store would take, are complete.
+    """
     result = BatchResult()
+    rows = result.state_rows
     for card_id, card_txns in group_by_card(txns).items():
         current = states.get(card_id)
         state = current.copy() if current is not None else CardState()
@@ -160,19 +169,11 @@ def fold_batch(
             if outcome is not Outcome.APPLIED:
                 continue
             changed = True
-            result.state_rows.append((card_id, txn.event_ms, features.to_row(state)))
-            result.transaction_rows.append(
-                {
-                    "transaction_id": txn.transaction_id,
-                    "card_id": card_id,
-                    "terminal_id": txn.terminal_id,
-                    "amount": txn.amount,
-                    "event_ms": txn.event_ms,
-                    "event_timestamp": txn.event_ms * 1000,
-                }
-            )
+            rows.append((card_id, txn.event_ms, features.to_row(state, dedup=False)))
+            result.transaction_rows.append(txn)
         if changed:
             result.states[card_id] = state
+            rows[-1][2].update(features.dedup_columns(state))
     return result
 
 
@@ -183,8 +184,8 @@ def rows_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table
     )
 
 
-def transactions_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    return rows_table(rows, offline_store.TRANSACTIONS_SCHEMA)
+def transactions_table(rows: Sequence[ValidTransaction]) -> pa.Table:
+    return offline_store.transactions_table(rows)
 
 
 def labels_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -327,16 +328,16 @@ def terminal_partition(terminal_id: str, partitions: int) -> int:
 
 
 def terminal_events_of_transactions(
-    rows: Sequence[Mapping[str, Any]], sources: Mapping[tuple[str, str], tuple[int, int]]
+    txns: Sequence[ValidTransaction], sources: Mapping[tuple[str, str], tuple[int, int]]
 ) -> list[TerminalEvent]:
-    """One event per counted transaction (rows of `BatchResult.transaction_rows`); `sources`
-    maps (card_id, transaction_id) to the (partition, offset) of the record counted."""
+    """One event per counted transaction (`BatchResult.transaction_rows`); `sources` maps
+    (card_id, transaction_id) to the (partition, offset) of the record counted."""
     out: list[TerminalEvent] = []
-    for row in rows:
-        partition, offset = sources[(row["card_id"], row["transaction_id"])]
-        event_ms = row["event_ms"]
+    for txn in txns:
+        partition, offset = sources[(txn.card_id, txn.transaction_id)]
+        event_ms = txn.event_ms
         out.append(
-            TerminalEvent("transaction", row["terminal_id"], event_ms, event_ms, partition, offset)
+            TerminalEvent("transaction", txn.terminal_id, event_ms, event_ms, partition, offset)
         )
     return out
 

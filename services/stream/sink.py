@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from services.common import feast_repo, features, offline_store
+from services.common.events import ValidTransaction
 from services.common.features import CardState, TerminalState
 from services.stream import metrics, processor
 from services.stream.online import RedisOnlineStore
@@ -130,7 +131,7 @@ class FeastSink:
     def write_offline(
         self,
         state_rows: list[tuple[str, int, dict[str, object]]],
-        transaction_rows: Sequence[Mapping[str, Any]],
+        transaction_rows: Sequence[ValidTransaction],
     ) -> pa.Table | None:
         """Append the batch's card_state history and transaction log as one part each; the
         history's table (its rows are the online rows too: `push_online`'s `history`)."""

@@ -31,8 +31,10 @@ def txn_proto(**overrides: object) -> transaction_pb2.Transaction:
     return txn
 
 
-def valid(tid: str, card: str, event_ms: int, amount: float = 10.0) -> ValidTransaction:
-    return ValidTransaction(tid, card, "term-1", amount, event_ms)
+def valid(
+    tid: str, card: str, event_ms: int, amount: float = 10.0, terminal: str = "term-1"
+) -> ValidTransaction:
+    return ValidTransaction(tid, card, terminal, amount, event_ms)
 
 
 def test_valid_transaction_is_decoded_with_major_amount_and_event_ms() -> None:
@@ -103,7 +105,7 @@ def test_duplicate_in_one_batch_is_counted_once() -> None:
     result = processor.fold_batch(batch, {}, LATENESS_MS)
     assert result.outcomes[Outcome.APPLIED] == 2
     assert result.outcomes[Outcome.DUPLICATE] == 1
-    assert [row["transaction_id"] for row in result.transaction_rows] == ["a", "b"]
+    assert [row.transaction_id for row in result.transaction_rows] == ["a", "b"]
     assert features.card_features(result.states["c1"], T0 + 2000)["card_count_1h"] == 2
 
 
@@ -152,8 +154,16 @@ def test_rows_match_a_plain_fold_with_the_feature_logic() -> None:
         )
         if outcome is Outcome.APPLIED:
             expected_rows.append((txn.card_id, txn.event_ms, features.to_row(state)))
+    # Each card's last row is its whole state; the rows before it leave the dedup ids out.
+    last = {card_id: i for i, (card_id, _, _) in enumerate(expected_rows)}
+    for i, (_, _, row) in enumerate(expected_rows):
+        if i not in last.values():
+            row.update(recent_ids=[], recent_ms=[])
 
     assert sorted(result.state_rows, key=lambda r: (r[0], r[1])) == expected_rows
+    for card_id, row in result.final_rows().items():
+        assert row == features.to_row(result.states[card_id])
+        assert row["recent_ids"], "the final row carries the dedup ids"
     for card_id, state in expected_states.items():
         assert features.to_row(result.states[card_id]) == features.to_row(state)
     # The caller's state is untouched: a batch whose writes fail must not corrupt the cache.
@@ -268,10 +278,7 @@ def label_event(
 
 
 def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
-    txn_rows = [
-        {"transaction_id": "x2", "card_id": "c2", "terminal_id": "m1", "event_ms": T0 + 10},
-        {"transaction_id": "x1", "card_id": "c1", "terminal_id": "m1", "event_ms": T0 + 5},
-    ]
+    txn_rows = [valid("x2", "c2", T0 + 10, terminal="m1"), valid("x1", "c1", T0 + 5, terminal="m1")]
     label_rows = [
         {
             "transaction_id": "x1",
