@@ -285,7 +285,8 @@ class TransactionHandler:
             sink.push_online,
             result.states,
             stamps,
-            result.final_rows(),
+            # The rows themselves only without the table (never, unless nothing changed).
+            result.final_rows() if history is None else None,
             None if history is None else (history, result.final_positions()),
         )
         applied_online("card", len(result.state_rows))
@@ -386,7 +387,8 @@ class TerminalHandler:
             sink.push_terminals_online,
             result.states,
             stamps,
-            result.final_rows(),
+            # The rows themselves only without the table (never, unless nothing changed).
+            result.final_rows() if history is None else None,
             None if history is None else (history, result.final_positions()),
         )
         applied_online("terminal", len(result.state_rows))

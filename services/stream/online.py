@@ -365,6 +365,10 @@ class RedisOnlineStore:
         self.key_ttl_seconds = key_ttl_seconds
         # The reader builds (and caches) Feast's entity keys.
         self._keys = RedisOnlineReader(client, project, layouts, key_serialization_version)
+        #: Per view, entity -> its key as a RESP bulk string (entities recur batch after batch).
+        self._bulk_keys: dict[str, _Memo[bytes]] = {
+            name: _Memo(functools.partial(self._bulk_key, name)) for name in layouts
+        }
         self.views = {
             name: ViewWriter(
                 layout=layout,
@@ -403,6 +407,9 @@ class RedisOnlineStore:
 
     def key(self, view: str, entity: str) -> bytes:
         return self._keys.redis_key(view, entity)
+
+    def _bulk_key(self, view: str, entity: str) -> bytes:
+        return _bulk(self.key(view, entity))
 
     def read(self, view: str, entities: Sequence[str]) -> list[Stored]:
         """Every feature of each entity and its stored write time, in one round trip."""
@@ -468,9 +475,10 @@ class RedisOnlineStore:
         ts_field = _bulk(writer.ts_field)
         ttl = _bulk(b"%d" % (self.key_ttl_seconds or 0))
         stamps = _Memo(lambda stamp_us: _bulk(timestamp_bytes(stamp_us)))
+        keys = self._bulk_keys[view]
 
         def prefix(entity: str, stamp_us: int) -> bytes:
-            return b"".join((head, _bulk(self.key(view, entity)), ts_field, stamps[stamp_us], ttl))
+            return b"".join((head, keys[entity], ts_field, stamps[stamp_us], ttl))
 
         return prefix
 

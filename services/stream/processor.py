@@ -116,6 +116,8 @@ class BatchResult:
     #: (`offline_store.transactions_table`).
     transaction_rows: list[ValidTransaction] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    #: card_id -> position of its last row in `state_rows` (`final_positions`).
+    positions: dict[str, int] = field(default_factory=dict)
 
     def final_rows(self) -> dict[str, dict[str, object]]:
         """`features.to_row` of each changed card's final state: its last history row."""
@@ -123,7 +125,7 @@ class BatchResult:
 
     def final_positions(self) -> dict[str, int]:
         """Where each changed card's last history row is in `state_rows`."""
-        return {card_id: i for i, (card_id, _, _) in enumerate(self.state_rows)}
+        return self.positions
 
 
 def group_by_card(txns: Iterable[ValidTransaction]) -> dict[str, list[ValidTransaction]]:
@@ -174,6 +176,7 @@ def fold_batch(
         if changed:
             result.states[card_id] = state
             rows[-1][2].update(features.dedup_columns(state))
+            result.positions[card_id] = len(rows) - 1
     return result
 
 
@@ -427,6 +430,8 @@ class TerminalBatchResult:
     #: only each terminal's last row here carries the dedup columns (see `fold_terminal_batch`).
     state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    #: terminal_id -> position of its last row in `state_rows` (`final_positions`).
+    positions: dict[str, int] = field(default_factory=dict)
 
     def final_rows(self) -> dict[str, dict[str, object]]:
         """`features.terminal_to_row` of each changed terminal's final state."""
@@ -434,7 +439,7 @@ class TerminalBatchResult:
 
     def final_positions(self) -> dict[str, int]:
         """Where each changed terminal's last history row is in `state_rows`."""
-        return {terminal_id: i for i, (terminal_id, _, _) in enumerate(self.state_rows)}
+        return self.positions
 
 
 def fold_terminal_event(
@@ -522,6 +527,7 @@ def fold_terminal_batch(
             rows[-1] = (terminal_id, rows[-1][1], features.terminal_to_row(state))
             result.state_rows.extend(rows)
             result.states[terminal_id] = state
+            result.positions[terminal_id] = len(result.state_rows) - 1
     return result
 
 
