@@ -26,7 +26,14 @@ from feast.value_type import ValueType
 _VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 
 
-def _varint(n: int) -> bytes:
+_ONE_BYTE_VARINTS = tuple(bytes((n,)) for n in range(128))
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint; negatives as their 64-bit two's complement (int64)."""
+    if 0 <= n < 128:
+        # Most lengths and small counts: no loop, no new object.
+        return _ONE_BYTE_VARINTS[n]
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -38,7 +45,7 @@ def _varint(n: int) -> bytes:
 
 
 def _tag(field: str, wire_type: int) -> bytes:
-    return _varint(ValueProto.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
+    return varint(ValueProto.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
 
 
 def varint_sizes(values: np.ndarray) -> np.ndarray:
@@ -119,7 +126,7 @@ class _HeadTable(_FrameTable):
 
 
 #: The head of a string element of a repeated `val` (field 1): its key and its length.
-_ELEMENT_HEADS = _HeadTable(lambda length: b"\x0a" + _varint(length))
+_ELEMENT_HEADS = _HeadTable(lambda length: b"\x0a" + varint(length))
 
 
 def _packed_head(tag: bytes) -> Callable[[int], bytes]:
@@ -127,14 +134,14 @@ def _packed_head(tag: bytes) -> Callable[[int], bytes]:
         if not body_length:
             return tag + b"\x00"
         # The list message holding only its packed `val` (field 1).
-        inner = b"\x0a" + _varint(body_length)
-        return tag + _varint(len(inner) + body_length) + inner
+        inner = b"\x0a" + varint(body_length)
+        return tag + varint(len(inner) + body_length) + inner
 
     return head
 
 
 def _prefixed_head(tag: bytes) -> Callable[[int], bytes]:
-    return lambda body_length: tag + _varint(body_length)
+    return lambda body_length: tag + varint(body_length)
 
 
 @dataclass

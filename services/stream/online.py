@@ -48,22 +48,7 @@ Encoder = Callable[[Any], bytes]
 V = TypeVar("V")
 
 
-_ONE_BYTE_VARINTS = tuple(bytes((n,)) for n in range(128))
-
-
-def _varint(n: int) -> bytes:
-    """Protobuf base-128 varint; negatives as their 64-bit two's complement (int64)."""
-    if 0 <= n < 128:
-        # Most lengths and small counts: no loop, no new object.
-        return _ONE_BYTE_VARINTS[n]
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_varint = columnar.varint
 
 
 #: Entries kept by each of the encoders' caches below before it starts afresh. The values they

@@ -154,14 +154,19 @@ def test_a_key_ttl_is_set_on_every_write(redis_settings: RedisSettings) -> None:
         store.close()
 
 
-def test_a_redis_without_the_script_gets_it_loaded_and_the_rows_written(
-    store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A script text this Redis has never seen stands for a new or restarted server (without
-    # flushing the shared server's script cache under other tests' feet).
+@pytest.fixture()
+def unknown_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script text this Redis has never seen: it stands for a new or restarted server
+    (without flushing the shared server's script cache under other tests' feet)."""
     script = online.WRITE_IF_NEWER + f"-- {uuid.uuid4().hex}\n"
     monkeypatch.setattr(online, "WRITE_IF_NEWER", script)
     monkeypatch.setattr(online, "WRITE_IF_NEWER_SHA", hashlib.sha1(script.encode()).hexdigest())
+
+
+@pytest.mark.usefixtures("unknown_script")
+def test_a_redis_without_the_script_gets_it_loaded_and_the_rows_written(
+    store: RedisOnlineStore,
+) -> None:
     assert store.client.script_exists(online.WRITE_IF_NEWER_SHA) == [False]
     assert store.write(VIEW, [("e", T0_US, row(1)), ("e", T0_US - 1, row(2))]) == 1
     assert store.client.script_exists(online.WRITE_IF_NEWER_SHA) == [True]
@@ -215,12 +220,10 @@ def test_a_table_with_a_null_cell_is_written_row_by_row(store: RedisOnlineStore)
     assert stored.row["amt"] is None and stored.row["ids"] == ["t2"]
 
 
+@pytest.mark.usefixtures("unknown_script")
 def test_a_table_refused_for_a_missing_script_is_written_once_it_is_loaded(
-    store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+    store: RedisOnlineStore,
 ) -> None:
-    script = online.WRITE_IF_NEWER + f"-- {uuid.uuid4().hex}\n"
-    monkeypatch.setattr(online, "WRITE_IF_NEWER", script)
-    monkeypatch.setattr(online, "WRITE_IF_NEWER_SHA", hashlib.sha1(script.encode()).hexdigest())
     table = table_of([row(1), row(2)])
     assert store.write_table(VIEW, ["e", "e"], [T0_US, T0_US - 1], table) == 1
     assert stored_n(store, "e") == 1
