@@ -797,7 +797,7 @@ def to_row(state: CardState, dedup: bool = True) -> dict[str, Any]:
     row["h_term_idx"] = state.term_hours
     row["h_term_ids"] = state.term_ids
     if dedup:
-        row["recent_ids"], row["recent_ms"] = _id_times_to_columns(state.recent)
+        row.update(dedup_columns(state))
     else:
         row["recent_ids"], row["recent_ms"] = [], []
     return row

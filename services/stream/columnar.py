@@ -5,10 +5,10 @@ offline part.
 whatever the cell holds (a card row has 17 cells, a batch thousands of rows), while the bytes
 themselves are a function of each column's values: varints, packed doubles, length-prefixed
 strings, and per cell a few framing bytes that depend only on the cell's length. Here every
-step runs over a whole column of the batch at once, and the commands are assembled by one
-gather. The bytes are exactly `online.row_encoder`'s (a unit test compares them on random
-tables); a column holding a null (a value Feast would leave unwritten) has no columnar form,
-and the caller falls back to the per-row encoder.
+step runs over a whole column of the batch at once, and Arrow's element-wise join assembles
+the commands (one copy per piece of a row). The bytes are exactly `online.row_encoder`'s (a
+unit test compares them on random tables); a column holding a null (a value Feast would leave
+unwritten) has no columnar form, and the caller falls back to the per-row encoder.
 """
 
 from __future__ import annotations
@@ -300,5 +300,5 @@ class RowsEncoder:
             joined.offset : joined.offset + rows + 1
         ]
         first = int(offsets[0])
-        blob = joined.buffers()[2].to_pybytes()[first : int(offsets[-1])]
+        blob = joined.buffers()[2][first : int(offsets[-1])].to_pybytes()
         return Commands(blob, (offsets - first).tolist())

@@ -187,10 +187,6 @@ def rows_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table
     )
 
 
-def transactions_table(rows: Sequence[ValidTransaction]) -> pa.Table:
-    return offline_store.transactions_table(rows)
-
-
 def labels_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return rows_table(rows, offline_store.LABELS_SCHEMA)
 

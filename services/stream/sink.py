@@ -142,7 +142,7 @@ class FeastSink:
         offline_store.write_part(self.repo_dir / offline_store.CARD_STATE_DIR, history)
         offline_store.write_part(
             self.repo_dir / offline_store.TRANSACTIONS_DIR,
-            processor.transactions_table(transaction_rows),
+            offline_store.transactions_table(transaction_rows),
         )
         metrics.WRITE_SECONDS.labels("offline").observe(time.perf_counter() - started)
         return history

@@ -175,7 +175,7 @@ def test_rows_match_a_plain_fold_with_the_feature_logic() -> None:
 
 def test_transaction_rows_fit_the_transactions_log_schema() -> None:
     result = processor.fold_batch([valid("a", "c1", T0, 12.5)], {}, LATENESS_MS)
-    table = processor.transactions_table(result.transaction_rows)
+    table = offline_store.transactions_table(result.transaction_rows)
     assert table.schema == offline_store.TRANSACTIONS_SCHEMA
     assert table.to_pylist()[0]["event_timestamp"].timestamp() * 1000 == T0
 
