@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import pyarrow as pa
 from faust.types import TP, AppT, TopicT
 
 from services.common.events import ValidTransaction
@@ -38,7 +39,7 @@ from services.stream.processor import (
     StateCache,
     TerminalEvent,
 )
-from services.stream.sink import FeastSink
+from services.stream.sink import FeastSink, History
 from services.stream.transport import BatchIntake, Record, Route
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,13 @@ def source_positions(
     for txn, record in zip(txns, records, strict=True):
         positions.setdefault((txn.card_id, txn.transaction_id), (record.partition, record.offset))
     return positions
+
+
+def with_positions(table: pa.Table | None, positions: Mapping[str, int]) -> History | None:
+    """A batch's offline history table with each key's final row in it, for the online push
+    (which encodes those rows column by column); None where no history was written, i.e.
+    nothing changed and nothing is pushed."""
+    return None if table is None else (table, positions)
 
 
 def applied_online(view: str, applied: int) -> None:
@@ -285,9 +293,8 @@ class TransactionHandler:
             sink.push_online,
             result.states,
             stamps,
-            # The rows themselves only without the table (never, unless nothing changed).
-            result.final_rows() if history is None else None,
-            None if history is None else (history, result.final_positions()),
+            None,
+            with_positions(history, result.final_positions()),
         )
         applied_online("card", len(result.state_rows))
         # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
@@ -387,9 +394,8 @@ class TerminalHandler:
             sink.push_terminals_online,
             result.states,
             stamps,
-            # The rows themselves only without the table (never, unless nothing changed).
-            result.final_rows() if history is None else None,
-            None if history is None else (history, result.final_positions()),
+            None,
+            with_positions(history, result.final_positions()),
         )
         applied_online("terminal", len(result.state_rows))
         updated = dict(terminals)
