@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from services.common import currency, feast_repo, features, offline_store
+from services.common.history import CardHistory, TerminalHistory
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def push_online(repo_dir: Path, states: dict[str, features.CardState]) -> int:
         {
             feast_repo.ENTITY_KEY: card_id,
             feast_repo.TIMESTAMP: pd.Timestamp(state.last_event_ms, unit="ms", tz="UTC"),
-            **features.to_row(state),
+            **features.to_list_row(state),
         }
         for card_id, state in states.items()
     ]
@@ -126,7 +127,7 @@ def push_terminals_online(
         {
             feast_repo.TERMINAL_ENTITY_KEY: terminal_id,
             feast_repo.TIMESTAMP: pd.Timestamp(stamps_ms[terminal_id], unit="ms", tz="UTC"),
-            **features.terminal_to_row(state),
+            **features.terminal_to_list_row(state),
         }
         for terminal_id, state in states.items()
     ]
@@ -223,6 +224,9 @@ class _TerminalResult:
     stamps: dict[str, int]
 
 
+_History = CardHistory | TerminalHistory
+
+
 class _PartWriter:
     """State rows (and transaction-log rows) buffered into part files of about PART_ROWS rows.
 
@@ -231,24 +235,32 @@ class _PartWriter:
     the parts were cut, and a parallel backfill writes the very rows a serial one writes.
     """
 
-    def __init__(self, folder: Path, table: Any, tx_folder: Path | None = None) -> None:
+    def __init__(
+        self, folder: Path, history: Callable[[], _History], tx_folder: Path | None = None
+    ) -> None:
         self._folder = folder
-        self._table = table
+        self._new_history = history
         self._tx_folder = tx_folder
-        self.rows: list[tuple[str, int, dict[str, object]]] = []
+        self.history = history()
         self.tx_rows: list[tuple[str, str, str, float, int]] = []
         self.parts = 0
 
     def tick(self, now_ms: int) -> None:
         """Called before the replay applies an event at now_ms."""
-        if len(self.rows) >= PART_ROWS and self.rows[-1][1] != now_ms:
+        if len(self.history) >= PART_ROWS and self.history.stamps_ms[-1] != now_ms:
             self.flush()
 
+    def add(self, key: str, stamp_ms: int, state: Any) -> None:
+        """The state of `key` after its event at stamp_ms, dedup columns included (the
+        backfill has no later row of the same batch to leave them to)."""
+        history = self.history
+        history.complete(history.append(key, stamp_ms, state), state)
+
     def flush(self) -> None:
-        if self.rows:
-            offline_store.write_part(self._folder, self._table(self.rows))
+        if len(self.history):
+            offline_store.write_part(self._folder, self.history.table())
             self.parts += 1
-            self.rows.clear()
+            self.history = self._new_history()
         if self.tx_rows and self._tx_folder is not None:
             offline_store.write_part(
                 self._tx_folder, offline_store.transactions_table(self.tx_rows)
@@ -263,7 +275,7 @@ def _fold_cards(replay: _Replay, shard: int) -> _CardResult:
     sub = replay.ordered.iloc[mine]
     writer = _PartWriter(
         replay.repo_dir / offline_store.CARD_STATE_DIR,
-        offline_store.card_state_table,
+        CardHistory,
         replay.repo_dir / offline_store.TRANSACTIONS_DIR,
     )
     states: dict[str, features.CardState] = {}
@@ -290,7 +302,7 @@ def _fold_cards(replay: _Replay, shard: int) -> _CardResult:
             continue
         applied.append(position)
         writer.tick(event_ms)
-        writer.rows.append((card_id, event_ms, features.to_row(state)))
+        writer.add(card_id, event_ms, state)
         writer.tx_rows.append((tid, card_id, terminal_id, amount, event_ms))
     writer.flush()
     return _CardResult(
@@ -320,9 +332,7 @@ def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
     labels = replay.labels
     if labels is not None and replay.label_shard is not None:
         labels = labels.iloc[np.flatnonzero(replay.label_shard == shard)]
-    writer = _PartWriter(
-        replay.repo_dir / offline_store.TERMINAL_STATE_DIR, offline_store.terminal_state_table
-    )
+    writer = _PartWriter(replay.repo_dir / offline_store.TERMINAL_STATE_DIR, TerminalHistory)
     terminals: dict[str, features.TerminalState] = {}
     stamps: dict[str, int] = {}
     changes = 0
@@ -366,7 +376,7 @@ def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
         if outcome is not features.Outcome.APPLIED:
             continue
         writer.tick(stamp_ms)
-        writer.rows.append((terminal_id, stamp_ms, features.terminal_to_row(state)))
+        writer.add(terminal_id, stamp_ms, state)
         stamps[terminal_id] = stamp_ms
         changes += 1
     writer.flush()

@@ -257,8 +257,7 @@ def check_online(store: Any, workload: Workload) -> None:
             if card_count < workload.per_card[card]:
                 raise AssertionError(f"card {card}: {card_count} of {workload.per_card[card]}")
         for terminal, tstate in zip(some_terminals, terminal_states, strict=True):
-            tiles = tstate.tiles[features.DAY.name].values() if tstate else []
-            counted = sum(t[0] for t in tiles)
+            counted = sum(tstate.tiles[features.DAY.name].cnt) if tstate else 0
             if counted < workload.per_terminal[terminal]:
                 raise AssertionError(f"terminal {terminal}: {counted}")
     reader.reader.close()
@@ -464,11 +463,11 @@ def measure_baseline(env_stack: Stack, store: Any, events: int, seed: int) -> di
             features.apply_terminal_transaction(terminal, txn.event_ms, lateness_ms)
             stamp = pd.Timestamp(time.time_ns() // 1000, unit="us", tz="UTC")
             card_row = {feast_repo.ENTITY_KEY: txn.card_id, feast_repo.TIMESTAMP: stamp}
-            card_row.update(features.to_row(card))
+            card_row.update(features.to_list_row(card))
             store.push(feast_repo.PUSH_SOURCE, pd.DataFrame([card_row]), to=PushMode.ONLINE)
             terminal_row = {feast_repo.TERMINAL_ENTITY_KEY: txn.terminal_id}
             terminal_row[feast_repo.TIMESTAMP] = stamp
-            terminal_row.update(features.terminal_to_row(terminal))
+            terminal_row.update(features.terminal_to_list_row(terminal))
             store.push(
                 feast_repo.TERMINAL_PUSH_SOURCE, pd.DataFrame([terminal_row]), to=PushMode.ONLINE
             )

@@ -21,14 +21,15 @@ before it, so its own amount and its own label never leak into its aggregates.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from functools import reduce
 from operator import add
-from typing import Any, TypeVar
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -223,63 +224,92 @@ class Outcome(Enum):
     IGNORED = "ignored"
 
 
-def _empty_tiles(specs: Sequence[TileSpec]) -> dict[str, dict[int, list[float]]]:
-    return {spec.name: {} for spec in specs}
+#: `array` type codes of the card columns: int64 and float64, the store's element types.
+INT_CODE, FLOAT_CODE = "q", "d"
 
 
-def _copy_lists(by_key: Mapping[int, list[Any]]) -> dict[int, list[Any]]:
-    # zip/map run in C: the stream copies every touched card's tiles once per batch.
-    return dict(zip(by_key, map(list, by_key.values()), strict=True))
+def int_array(values: Iterable[int] = ()) -> array[int]:
+    return array(INT_CODE, values)
+
+
+def float_array(values: Iterable[float] = ()) -> array[float]:
+    return array(FLOAT_CODE, values)
 
 
 @dataclass(slots=True)
 class CardTiles:
     """A card's tiles of one spec as parallel columns in index order: the layout of its Feast
-    row, so `to_row` copies nothing. The lists are never changed in place (`apply_transaction`
-    puts new ones in their place): copies of a state and its history rows share them."""
+    row, so `to_row` copies nothing. The columns are typed arrays, not lists: the stream
+    writes a history row per transaction, and a batch's rows become Arrow by copying their
+    buffers (`history.CardHistory`), not by converting every element. `apply_transaction`
+    changes them in place: whoever keeps a row past the next change copies it."""
 
-    idx: list[int]
+    idx: array[int]
     #: transactions per tile
-    cnt: list[int]
+    cnt: array[int]
     #: amount sum per tile
-    amt: list[float]
+    amt: array[float]
     #: amount sum of squares per tile
-    sq: list[float]
+    sq: array[float]
 
     def copy(self) -> CardTiles:
-        return CardTiles(self.idx, self.cnt, self.amt, self.sq)
+        return CardTiles(self.idx[:], self.cnt[:], self.amt[:], self.sq[:])
 
 
 def _no_card_tiles() -> dict[str, CardTiles]:
-    return {spec.name: CardTiles([], [], [], []) for spec in TILE_SPECS}
+    return {
+        spec.name: CardTiles(int_array(), int_array(), float_array(), float_array())
+        for spec in TILE_SPECS
+    }
 
 
 @dataclass
 class CardState:
     """Everything the stream keeps per card, held as the columns of its Feast row (`to_row`):
-    a counted transaction writes a history row, so the row has to be cheap. Lists are replaced,
-    never changed in place."""
+    a counted transaction writes a history row, so the row has to be cheap."""
 
     last_event_ms: int = 0
     #: tile spec name -> its tiles
     tiles: dict[str, CardTiles] = field(default_factory=_no_card_tiles)
     #: Terminal ids seen per hour tile (the first MAX_TERMINALS_PER_TILE of each hour, in the
     #: order seen), flattened: `term_ids[i]` was seen in hour `term_hours[i]`, hours ascending.
-    term_hours: list[int] = field(default_factory=list)
+    term_hours: array[int] = field(default_factory=int_array)
     term_ids: list[str] = field(default_factory=list)
     #: transaction_id -> event_ms of transactions inside the lateness horizon, for dedup.
     recent: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> CardState:
-        """An independent state: only the containers changed in place are copied."""
+        """An independent state (`apply_transaction` changes its arrays in place)."""
         tiles = {name: t.copy() for name, t in self.tiles.items()}
         return CardState(
-            self.last_event_ms, tiles, self.term_hours, self.term_ids, dict(self.recent)
+            self.last_event_ms, tiles, self.term_hours[:], self.term_ids[:], dict(self.recent)
         )
 
     def day_tile_count(self) -> int:
         """Transactions counted in the retained day tiles (today and DAY.keep days before)."""
         return sum(self.tiles[DAY.name].cnt)
+
+
+@dataclass(slots=True)
+class TerminalTiles:
+    """A terminal's tiles of one spec as parallel columns in index order, kept as `CardTiles`
+    are (typed arrays, changed in place)."""
+
+    idx: array[int]
+    #: transactions per tile
+    cnt: array[int]
+    #: labelled frauds among them
+    fraud: array[int]
+
+    def copy(self) -> TerminalTiles:
+        return TerminalTiles(self.idx[:], self.cnt[:], self.fraud[:])
+
+
+def _no_terminal_tiles() -> dict[str, TerminalTiles]:
+    return {
+        spec.name: TerminalTiles(int_array(), int_array(), int_array())
+        for spec in TERMINAL_TILE_SPECS
+    }
 
 
 @dataclass
@@ -288,10 +318,8 @@ class TerminalState:
 
     #: Newest transaction event time (labels do not move it).
     last_event_ms: int = 0
-    #: tile spec name -> tile index -> [transactions, labelled frauds among them]
-    tiles: dict[str, dict[int, list[float]]] = field(
-        default_factory=lambda: _empty_tiles(TERMINAL_TILE_SPECS)
-    )
+    #: tile spec name -> its tiles
+    tiles: dict[str, TerminalTiles] = field(default_factory=_no_terminal_tiles)
     #: transactions-topic partition -> newest offset of it that reached this terminal: the
     #: transactions' dedup (`claim_terminal_source`), O(partitions) however busy the terminal.
     sources: dict[int, int] = field(default_factory=dict)
@@ -302,7 +330,7 @@ class TerminalState:
     def copy(self) -> TerminalState:
         return TerminalState(
             last_event_ms=self.last_event_ms,
-            tiles={name: _copy_lists(t) for name, t in self.tiles.items()},
+            tiles={name: t.copy() for name, t in self.tiles.items()},
             sources=dict(self.sources),
             frauds=dict(self.frauds),
         )
@@ -332,12 +360,8 @@ def apply_transaction(
     # `keep` or more before its own go, in the same new lists that add it.
     advances = event_ms > state.last_event_ms
     tiles = state.tiles
-    if len(_SHARED_TILES) > _SHARED_TILES_MAX:
-        _SHARED_TILES.clear()
-    share = _SHARED_TILES.setdefault
     for name, tile_ms, keep in _CARD_SPECS:
         tile = event_ms // tile_ms
-        tile = share(tile, tile)
         _add_to_tile(tiles[name], tile, amount, square, tile - keep if advances else None)
         if name == _HOUR_NAME and terminal_id:
             _add_terminal(state, tile, terminal_id)
@@ -353,41 +377,26 @@ def apply_transaction(
 _CARD_SPECS = tuple((spec.name, spec.ms, spec.keep) for spec in TILE_SPECS)
 _HOUR_MS = HOUR.ms
 _HOUR_NAME = HOUR.name
-#: Tile index -> one int object for it, which every card's tiles (and terminal hours) of that
-#: minute, hour or day then share. Whoever reads the states in bulk (the offline parts, the
-#: online rows) touches a few thousand shared objects instead of a fresh one per element
-#: scattered over the heap: that halved the conversion of a card's history row to Arrow.
-#: Only identity changes; cleared when full (later states share afresh).
-_SHARED_TILES: dict[int, int] = {}
-_SHARED_TILES_MAX = 1 << 16
 
 
 def _add_to_tile(
     tiles: CardTiles, tile: int, amount: float, square: float, oldest: int | None
 ) -> None:
-    """Add one transaction to tile `tile`, and drop the tiles up to `oldest`. The changed
-    columns are new lists (slices): the old ones are shared with copies of the state and with
-    its history rows."""
-    idx, cnt, amt, sq = tiles.idx, tiles.cnt, tiles.amt, tiles.sq
-    cut = 0 if oldest is None else bisect_right(idx, oldest)
+    """Add one transaction to tile `tile`, and drop the tiles up to `oldest`, in place."""
+    idx = tiles.idx
+    if oldest is not None and idx and idx[0] <= oldest:
+        cut = bisect_right(idx, oldest)
+        del idx[:cut], tiles.cnt[:cut], tiles.amt[:cut], tiles.sq[:cut]
     at = bisect_left(idx, tile)
     if at == len(idx) or idx[at] != tile:
-        idx, cnt, amt, sq = idx[cut:], cnt[cut:], amt[cut:], sq[cut:]
-        at -= cut
         idx.insert(at, tile)
-        cnt.insert(at, 1)
-        # 0.0 + x: the sums are floats even for integer amounts (the store's columns are).
-        amt.insert(at, 0.0 + amount)
-        sq.insert(at, 0.0 + square)
+        tiles.cnt.insert(at, 1)
+        tiles.amt.insert(at, amount)
+        tiles.sq.insert(at, square)
     else:
-        if cut:
-            idx = idx[cut:]
-        cnt, amt, sq = cnt[cut:], amt[cut:], sq[cut:]
-        at -= cut
-        cnt[at] += 1
-        amt[at] += amount
-        sq[at] += square
-    tiles.idx, tiles.cnt, tiles.amt, tiles.sq = idx, cnt, amt, sq
+        tiles.cnt[at] += 1
+        tiles.amt[at] += amount
+        tiles.sq[at] += square
 
 
 def _add_terminal(state: CardState, hour: int, terminal_id: str) -> None:
@@ -396,22 +405,8 @@ def _add_terminal(state: CardState, hour: int, terminal_id: str) -> None:
     end = bisect_right(hours, hour)
     start = bisect_left(hours, hour, 0, end)
     if end - start < MAX_TERMINALS_PER_TILE and terminal_id not in ids[start:end]:
-        # New lists, as for the tiles.
-        state.term_hours, state.term_ids = hours.copy(), ids.copy()
-        state.term_hours.insert(end, hour)
-        state.term_ids.insert(end, terminal_id)
-
-
-def _prune_tiles(
-    tiles: dict[str, dict[int, list[float]]], specs: Sequence[TileSpec], last_ms: int
-) -> None:
-    for spec in specs:
-        oldest = last_ms // spec.ms - spec.keep
-        by_idx = tiles[spec.name]
-        # Most events expire nothing: a min() in C is cheaper than scanning in Python.
-        if by_idx and min(by_idx) <= oldest:
-            for idx in [i for i in by_idx if i <= oldest]:
-                del by_idx[idx]
+        hours.insert(end, hour)
+        ids.insert(end, terminal_id)
 
 
 def _expire_ids(id_times: dict[str, int], horizon: int) -> dict[str, int]:
@@ -429,7 +424,7 @@ def _prune(state: CardState, allowed_lateness_ms: int) -> None:
     oldest_hour = last_ms // _HOUR_MS - HOUR.keep
     if state.term_hours and state.term_hours[0] <= oldest_hour:
         cut = bisect_right(state.term_hours, oldest_hour)
-        state.term_hours, state.term_ids = state.term_hours[cut:], state.term_ids[cut:]
+        del state.term_hours[:cut], state.term_ids[:cut]
 
 
 def claim_terminal_source(
@@ -473,29 +468,45 @@ def apply_terminal_transaction(
     last = state.last_event_ms
     if last and event_ms < last - allowed_lateness_ms:
         return Outcome.LATE
+    # Retention ends at whole tiles, all of them whole hours: within the newest hour nothing
+    # expires (and nothing older than what is retained is ever added).
+    expire = event_ms > last and event_ms // _TERMINAL_FINEST_MS != last // _TERMINAL_FINEST_MS
     tiles = state.tiles
-    for name, tile_ms in _TERMINAL_TILE_MS:
-        by_idx = tiles[name]
-        idx = event_ms // tile_ms
-        tile = by_idx.get(idx)
-        if tile is None:
-            by_idx[idx] = [1, 0]
-        else:
-            tile[0] += 1
+    for name, tile_ms, keep in _TERMINAL_SPECS:
+        tile = event_ms // tile_ms
+        _count_at_terminal(tiles[name], tile, 1, 0, tile - keep if expire else None)
     if event_ms > last:
         state.last_event_ms = event_ms
-        # Retention ends at whole tiles, all of them whole hours: within the newest hour
-        # nothing expires (and nothing older than what is retained is ever added).
-        if event_ms // _TERMINAL_FINEST_MS != last // _TERMINAL_FINEST_MS:
-            _prune_tiles(tiles, TERMINAL_TILE_SPECS, event_ms)
+        if expire:
             # Kept: ms // day > oldest_day, i.e. ms >= (oldest_day + 1) * day.
             oldest_day = event_ms // TERMINAL_DAY.ms - TERMINAL_DAY.keep
             state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * TERMINAL_DAY.ms)
     return Outcome.APPLIED
 
 
+def _count_at_terminal(
+    tiles: TerminalTiles, tile: int, transactions: int, frauds: int, oldest: int | None
+) -> None:
+    """Add `transactions` and `frauds` to tile `tile`, and drop the tiles up to `oldest`
+    (never `tile` itself), in place."""
+    idx = tiles.idx
+    if oldest is not None and idx and idx[0] <= oldest:
+        cut = bisect_right(idx, oldest)
+        del idx[:cut], tiles.cnt[:cut], tiles.fraud[:cut]
+    at = bisect_left(idx, tile)
+    if at == len(idx) or idx[at] != tile:
+        idx.insert(at, tile)
+        tiles.cnt.insert(at, transactions)
+        tiles.fraud.insert(at, frauds)
+    else:
+        if transactions:
+            tiles.cnt[at] += transactions
+        if frauds:
+            tiles.fraud[at] += frauds
+
+
 # The terminal's per-event path: TileSpec.ms is a property, computed on every read.
-_TERMINAL_TILE_MS = tuple((spec.name, spec.ms) for spec in TERMINAL_TILE_SPECS)
+_TERMINAL_SPECS = tuple((spec.name, spec.ms, spec.keep) for spec in TERMINAL_TILE_SPECS)
 _TERMINAL_FINEST_MS = min(spec.ms for spec in TERMINAL_TILE_SPECS)
 
 
@@ -516,29 +527,25 @@ def apply_terminal_label(
     last_day = state.last_event_ms // TERMINAL_DAY.ms
     if state.last_event_ms and transaction_ms // TERMINAL_DAY.ms <= last_day - TERMINAL_DAY.keep:
         return Outcome.LATE
-    for spec in TERMINAL_TILE_SPECS:
-        idx = transaction_ms // spec.ms
+    for name, tile_ms, keep in _TERMINAL_SPECS:
+        idx = transaction_ms // tile_ms
         # A tile already pruned is outside every window a later read can ask for: skip it
         # rather than resurrect it.
-        if state.last_event_ms and idx <= state.last_event_ms // spec.ms - spec.keep:
+        if state.last_event_ms and idx <= state.last_event_ms // tile_ms - keep:
             continue
-        state.tiles[spec.name].setdefault(idx, [0, 0])[1] += 1
+        _count_at_terminal(state.tiles[name], idx, 0, 1, None)
     state.frauds[transaction_id] = transaction_ms
     return Outcome.APPLIED
 
 
-def _window_sums(
-    tiles: Mapping[str, Mapping[int, Sequence[float]]], window: Window, now_ms: int, width: int
-) -> list[float]:
-    """Element-wise sums of the tiles inside `window` finished at `now_ms`."""
-    sums = [0.0] * width
+def _terminal_window(state: TerminalState, window: Window, now_ms: int) -> tuple[float, float]:
+    """(transactions, frauds) in `window` finished at `now_ms`."""
+    tiles = state.tiles[window.tiles.name]
     current = now_ms // window.tiles.ms
-    first = current - window.n_tiles
-    for idx, values in sorted(tiles[window.tiles.name].items()):
-        if first < idx <= current:
-            for i in range(width):
-                sums[i] += values[i]
-    return sums
+    inside = slice(
+        bisect_right(tiles.idx, current - window.n_tiles), bisect_right(tiles.idx, current)
+    )
+    return float(sum(tiles.cnt[inside])), float(sum(tiles.fraud[inside]))
 
 
 def _ordered_sum(values: Sequence[float]) -> float:
@@ -674,7 +681,7 @@ def terminal_features(state: TerminalState | None, now_ms: int) -> dict[str, flo
     for window in TERMINAL_WINDOWS:
         count, frauds = 0.0, 0.0
         if state is not None:
-            count, frauds = _window_sums(state.tiles, window, now_ms, 2)
+            count, frauds = _terminal_window(state, window, now_ms)
         out[f"terminal_count_{window.name}"] = count
         out[f"terminal_risk_{window.name}"] = round(frauds / count, 6) if count else math.nan
         out[f"terminal_known_frauds_{window.name}"] = frauds
@@ -682,7 +689,7 @@ def terminal_features(state: TerminalState | None, now_ms: int) -> dict[str, flo
     for window in DELAYED_TERMINAL_WINDOWS:
         count, frauds = 0.0, 0.0
         if state is not None:
-            count, frauds = _window_sums(state.tiles, window, now_ms - delay_ms, 2)
+            count, frauds = _terminal_window(state, window, now_ms - delay_ms)
         out[f"terminal_delayed_count_{window.name}"] = count
         out[f"terminal_delayed_risk_{window.name}"] = (
             round(frauds / count, 6) if count else math.nan
@@ -691,10 +698,11 @@ def terminal_features(state: TerminalState | None, now_ms: int) -> dict[str, flo
     if state is not None:
         spec = FRAUD_RECENCY_WINDOW.tiles
         current = now_ms // spec.ms
+        tiles = state.tiles[spec.name]
         days = [
             idx
-            for idx, values in state.tiles[spec.name].items()
-            if values[1] and current - FRAUD_RECENCY_WINDOW.n_tiles < idx <= current
+            for idx, frauds in zip(tiles.idx, tiles.fraud, strict=True)
+            if frauds and current - FRAUD_RECENCY_WINDOW.n_tiles < idx <= current
         ]
         if days:
             last, first = float(current - max(days)), float(current - min(days))
@@ -774,19 +782,13 @@ TERMINAL_COLUMN_NAMES = {
 }
 
 
-def _tile_columns(tiles: Mapping[int, Sequence[float]], width: int) -> list[list[Any]]:
-    """[indices, first values, second values, ...] of the tiles in index order."""
-    idx = sorted(tiles)
-    if not idx:
-        return [[] for _ in range(width + 1)]
-    values = list(map(tiles.__getitem__, idx))
-    return [idx, *(list(column) for column in zip(*values, strict=True))]
-
-
 def to_row(state: CardState, dedup: bool = True) -> dict[str, Any]:
-    """The state as a `card_state` row. The row shares the state's lists: neither the state
-    (`apply_transaction` replaces its lists) nor a row's reader changes them in place.
-    Without `dedup`, the dedup columns (`dedup_columns`) are left empty."""
+    """The state as a `card_state` row. The row shares the state's arrays and lists, which
+    the next `apply_transaction` changes: a row is read before the state changes again, or
+    copied (`history.CardHistory` copies). Without `dedup`, the dedup columns
+    (`dedup_columns`) are left empty. The tile columns are `array`s, which Arrow takes
+    (`offline_store`) but pandas and Feast's push do not: `to_list_row` is the row for
+    those."""
     row: dict[str, Any] = {"last_event_ms": state.last_event_ms}
     tiles = state.tiles
     for spec in TILE_SPECS:
@@ -803,25 +805,49 @@ def to_row(state: CardState, dedup: bool = True) -> dict[str, Any]:
     return row
 
 
+def to_list_row(state: CardState) -> dict[str, Any]:
+    """`to_row` with every column a plain list: the form pandas frames and Feast's push take."""
+    return {
+        name: value.tolist()
+        if type(value) is array
+        else list(value)
+        if type(value) is list
+        else value
+        for name, value in to_row(state).items()
+    }
+
+
 def dedup_columns(state: CardState) -> dict[str, list[Any]]:
     """The columns of `to_row` that only the stream's dedup reads: the recent ids."""
-    ids, times = _id_times_to_columns(state.recent)
+    ids, times = id_times_to_columns(state.recent)
     return {"recent_ids": ids, "recent_ms": times}
 
 
-_T = TypeVar("_T")
-
-
-def _column(row: Mapping[str, Any], name: str, kind: type[_T]) -> list[_T]:
-    """A list column of a stored row as a list of `kind`, which the state may share."""
+def _column(row: Mapping[str, Any], name: str) -> list[str]:
+    """A string list column of a stored row as a new list (the state changes it in place)."""
     value: Any = row.get(name)
     if _absent(value):
         return []
-    # Redis gives lists of the column's type (a protobuf repeated field), taken as they are: the
-    # scorer reads a state per request. A point-in-time join gives numpy arrays.
-    if type(value) is list and (not value or type(value[0]) is kind):
-        return value
-    return list(map(kind, value))
+    # Redis gives lists of str (a protobuf repeated field); a point-in-time join numpy arrays.
+    if type(value) is list and (not value or type(value[0]) is str):
+        return value[:]
+    return list(map(str, value))
+
+
+def _typed_column(row: Mapping[str, Any], name: str, code: str) -> array[Any]:
+    """A number list column of a stored row as an `array` of type `code`."""
+    value: Any = row.get(name)
+    if _absent(value):
+        return array(code)
+    if type(value) is array and value.typecode == code:
+        return value[:]  # a copy: the state changes its arrays in place
+    try:
+        # Lists of the column's type (from Redis) convert in one C loop.
+        return array(code, value)
+    except TypeError:
+        # numpy scalars (a point-in-time join) are not ints or floats to `array`.
+        kind = int if code == INT_CODE else float
+        return array(code, map(kind, value))
 
 
 def from_row(row: Mapping[str, Any]) -> CardState | None:
@@ -833,35 +859,63 @@ def from_row(row: Mapping[str, Any]) -> CardState | None:
     for spec in TILE_SPECS:
         k_idx, k_cnt, k_amt, k_sq = _CARD_COLUMN_NAMES[spec.name]
         tiles = CardTiles(
-            _column(row, k_idx, int),
-            _column(row, k_cnt, int),
-            _column(row, k_amt, float),
-            _column(row, k_sq, float),
+            _typed_column(row, k_idx, INT_CODE),
+            _typed_column(row, k_cnt, INT_CODE),
+            _typed_column(row, k_amt, FLOAT_CODE),
+            _typed_column(row, k_sq, FLOAT_CODE),
         )
         if not len(tiles.idx) == len(tiles.cnt) == len(tiles.amt) == len(tiles.sq):
             raise ValueError(f"card row: the {spec.name}_* tile columns differ in length")
         state.tiles[spec.name] = tiles
-    state.term_hours = _column(row, "h_term_idx", int)
-    state.term_ids = _column(row, "h_term_ids", str)
+    state.term_hours = _typed_column(row, "h_term_idx", INT_CODE)
+    state.term_ids = _column(row, "h_term_ids")
     if len(state.term_hours) != len(state.term_ids):
         raise ValueError("card row: h_term_idx and h_term_ids differ in length")
     state.recent = _id_times_from_columns(row, "recent_ids", "recent_ms")
     return state
 
 
-def terminal_to_row(state: TerminalState) -> dict[str, Any]:
+def terminal_to_row(state: TerminalState, dedup: bool = True) -> dict[str, Any]:
+    """The state as a `terminal_state` row, sharing the state's arrays (as `to_row`). Without
+    `dedup`, the dedup columns (`terminal_dedup_columns`) are left empty."""
     row: dict[str, Any] = {"t_last_event_ms": state.last_event_ms}
     for spec in TERMINAL_TILE_SPECS:
-        idx, cnt, fraud = _tile_columns(state.tiles[spec.name], 2)
+        t = state.tiles[spec.name]
         k_idx, k_cnt, k_fraud = TERMINAL_COLUMN_NAMES[spec.name]
-        row[k_idx] = idx
-        row[k_cnt] = list(map(int, cnt))
-        row[k_fraud] = list(map(int, fraud))
-    partitions = sorted(state.sources)
-    row["t_src_partition"] = partitions
-    row["t_src_offset"] = list(map(state.sources.__getitem__, partitions))
-    row["t_fraud_ids"], row["t_fraud_ms"] = _id_times_to_columns(state.frauds)
+        row[k_idx], row[k_cnt], row[k_fraud] = t.idx, t.cnt, t.fraud
+    if dedup:
+        row.update(terminal_dedup_columns(state))
+    else:
+        row.update({name: [] for name in TERMINAL_DEDUP_COLUMNS})
     return row
+
+
+#: The columns of `terminal_to_row` that only the stream's dedup reads.
+TERMINAL_DEDUP_COLUMNS = ("t_src_partition", "t_src_offset", "t_fraud_ids", "t_fraud_ms")
+
+
+def terminal_dedup_columns(state: TerminalState) -> dict[str, list[Any]]:
+    """The claimed source offsets and the counted frauds' ids (TERMINAL_DEDUP_COLUMNS)."""
+    partitions = sorted(state.sources)
+    ids, times = id_times_to_columns(state.frauds)
+    return {
+        "t_src_partition": partitions,
+        "t_src_offset": list(map(state.sources.__getitem__, partitions)),
+        "t_fraud_ids": ids,
+        "t_fraud_ms": times,
+    }
+
+
+def terminal_to_list_row(state: TerminalState) -> dict[str, Any]:
+    """`terminal_to_row` with every column a plain list (as `to_list_row`)."""
+    return {
+        name: value.tolist()
+        if type(value) is array
+        else list(value)
+        if type(value) is list
+        else value
+        for name, value in terminal_to_row(state).items()
+    }
 
 
 def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:
@@ -871,12 +925,15 @@ def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:
         return None
     state = TerminalState(last_event_ms=int(last))
     for spec in TERMINAL_TILE_SPECS:
-        idx = _seq(row.get(f"t_{spec.name}_idx"))
-        cnt = _seq(row.get(f"t_{spec.name}_cnt"))
-        fraud = _seq(row.get(f"t_{spec.name}_fraud"))
-        state.tiles[spec.name] = {
-            int(i): [int(c), int(f)] for i, c, f in zip(idx, cnt, fraud, strict=True)
-        }
+        k_idx, k_cnt, k_fraud = TERMINAL_COLUMN_NAMES[spec.name]
+        tiles = TerminalTiles(
+            _typed_column(row, k_idx, INT_CODE),
+            _typed_column(row, k_cnt, INT_CODE),
+            _typed_column(row, k_fraud, INT_CODE),
+        )
+        if not len(tiles.idx) == len(tiles.cnt) == len(tiles.fraud):
+            raise ValueError(f"terminal row: the t_{spec.name}_* tile columns differ in length")
+        state.tiles[spec.name] = tiles
     state.sources = {
         int(p): int(o)
         for p, o in zip(
@@ -896,7 +953,7 @@ def _seq(value: Any) -> Sequence[Any]:
     return () if _absent(value) else list(value)
 
 
-def _id_times_to_columns(id_times: Mapping[str, int]) -> tuple[list[str], list[int]]:
+def id_times_to_columns(id_times: Mapping[str, int]) -> tuple[list[str], list[int]]:
     """transaction_id -> ms as two parallel array columns (Feast has no map type)."""
     # Ids are unique: sorting them alone gives the order sorting (id, ms) pairs would.
     ids = sorted(id_times)

@@ -136,12 +136,12 @@ def _state_table(
     # The stream writes one row per event: transposed in C (itemgetter, zip), not per cell.
     values = map(itemgetter(*columns), list(map(_THIRD, rows)))
     transposed = list(zip(*values, strict=True)) if rows else [() for _ in columns]
-    arrays = [pa.array(keys, type=pa.string()), _stamps(keys, event_ms)]
+    arrays = [pa.array(keys, type=pa.string()), stamps(keys, event_ms)]
     arrays += [_array(c, f.type) for c, f in zip(transposed, list(schema)[2:], strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _stamps(keys: list[str], event_ms: list[int]) -> pa.Array:
+def stamps(keys: list[str], event_ms: list[int]) -> pa.Array:
     """The rows' event_timestamp column, stamped as `_state_table` describes."""
     stamps = np.array(event_ms, dtype=np.int64) * 1000
     if len(set(zip(keys, event_ms, strict=True))) < len(keys):
@@ -205,7 +205,9 @@ def transactions_table(rows: Sequence[tuple[str, str, str, float, int]]) -> pa.T
 
 
 def card_state_table(rows: list[tuple[str, int, dict[str, object]]]) -> pa.Table:
-    """(card_id, event_ms, features.to_row(state)) in applied order -> a card_state part."""
+    """(card_id, event_ms, features.to_row(state)) in applied order -> a card_state part.
+    The stream and the backfill gather theirs column by column (`history.CardHistory`);
+    this is the plain form of the same table, for rows at hand."""
     return _state_table(CARD_STATE_SCHEMA, features.STATE_COLUMNS, rows)
 
 

@@ -258,61 +258,67 @@ class TransactionHandler:
 
     async def _apply(self, valid: list[ValidTransaction], records: list[Record]) -> None:
         generation = self.cache.generation
-        cards, misses = self.cache.split(dict.fromkeys(t.card_id for t in valid))
-        if misses:
-            cards.update(await self.store.call("load", self.store.sink.load, misses))
-        result = processor.fold_batch(
-            valid,
-            {card_id: entry.state for card_id, entry in cards.items()},
-            self.allowed_lateness_ms,
-        )
-        for outcome, count in result.outcomes.items():
-            if count:
-                metrics.TRANSACTIONS.labels(outcome.value).inc(count)
-        now_us = time.time_ns() // 1000
-        stamps = {
-            card_id: processor.next_stamp_us(cards[card_id].stamp_floor_us, now_us)
-            for card_id in result.states
-        }
-        sink = self.store.sink
-        writes = [
-            self.store.call(
-                "offline", sink.write_offline, result.state_rows, result.transaction_rows
+        ids = dict.fromkeys(t.card_id for t in valid)
+        # The fold changes the cached states in place: cut short, the batch forgets them.
+        with self.cache.unless_done(ids):
+            cards, misses = self.cache.split(ids)
+            if misses:
+                cards.update(await self.store.call("load", self.store.sink.load, misses))
+            result = processor.fold_batch(
+                valid,
+                {card_id: entry.state for card_id, entry in cards.items()},
+                self.allowed_lateness_ms,
             )
-        ]
-        if self.forwarder is not None:
-            terminal_events = processor.terminal_events_of_transactions(
-                result.transaction_rows, source_positions(valid, records)
-            )
-            writes.append(self.forwarder.send(terminal_events))
-        # Both must precede the online push, not each other: overlapped, a batch waits for the
-        # longer of the parquet write and the forward's acks instead of their sum.
-        history = (await settle(writes))[0]
-        await self.store.call(
-            "online",
-            sink.push_online,
-            result.states,
-            stamps,
-            None,
-            with_positions(history, result.final_positions()),
-        )
-        applied_online("card", len(result.state_rows))
-        # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
-        updated = dict(cards)
-        updated.update(
-            {
-                card_id: CachedCard(state, stamps[card_id])
-                for card_id, state in result.states.items()
+            for outcome, count in result.outcomes.items():
+                if count:
+                    metrics.TRANSACTIONS.labels(outcome.value).inc(count)
+            now_us = time.time_ns() // 1000
+            stamps = {
+                card_id: processor.next_stamp_us(cards[card_id].stamp_floor_us, now_us)
+                for card_id in result.states
             }
-        )
-        if not self.cache.update(updated, generation):
-            log.info("rebalance during a batch: its card states are not cached")
-        late = result.outcomes[Outcome.LATE]
-        duplicates = result.outcomes[Outcome.DUPLICATE]
-        if late or duplicates:
-            log.info(
-                "batch: %s applied, %s duplicate, %s late", len(result.state_rows), duplicates, late
+            sink = self.store.sink
+            writes = [
+                self.store.call(
+                    "offline", sink.write_offline, result.history, result.transaction_rows
+                )
+            ]
+            if self.forwarder is not None:
+                terminal_events = processor.terminal_events_of_transactions(
+                    result.transaction_rows, source_positions(valid, records)
+                )
+                writes.append(self.forwarder.send(terminal_events))
+            # Both must precede the online push, not each other: overlapped, a batch waits for the
+            # longer of the parquet write and the forward's acks instead of their sum.
+            history = (await settle(writes))[0]
+            await self.store.call(
+                "online",
+                sink.push_online,
+                result.states,
+                stamps,
+                None,
+                with_positions(history, result.final_positions()),
             )
+            applied_online("card", len(result.history))
+            # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
+            updated = dict(cards)
+            updated.update(
+                {
+                    card_id: CachedCard(state, stamps[card_id])
+                    for card_id, state in result.states.items()
+                }
+            )
+            if not self.cache.update(updated, generation):
+                log.info("rebalance during a batch: its card states are not cached")
+            late = result.outcomes[Outcome.LATE]
+            duplicates = result.outcomes[Outcome.DUPLICATE]
+            if late or duplicates:
+                log.info(
+                    "batch: %s applied, %s duplicate, %s late",
+                    len(result.history),
+                    duplicates,
+                    late,
+                )
 
 
 class LabelHandler:
@@ -369,44 +375,46 @@ class TerminalHandler:
 
     async def _apply(self, valid: list[TerminalEvent]) -> None:
         generation = self.cache.generation
-        terminals, misses = self.cache.split(dict.fromkeys(e.terminal_id for e in valid))
-        sink = self.store.sink
-        if misses:
-            terminals.update(await self.store.call("load", sink.load_terminals, misses))
-        result = processor.fold_terminal_batch(
-            valid,
-            {terminal_id: entry.state for terminal_id, entry in terminals.items()},
-            self.allowed_lateness_ms,
-        )
-        for outcome, count in result.outcomes.items():
-            if count:
-                metrics.TERMINAL_EVENTS.labels("all", outcome.value).inc(count)
-        now_us = time.time_ns() // 1000
-        stamps = {
-            terminal_id: processor.next_stamp_us(terminals[terminal_id].stamp_floor_us, now_us)
-            for terminal_id in result.states
-        }
-        history = await self.store.call(
-            "terminal_offline", sink.write_terminal_offline, result.state_rows
-        )
-        await self.store.call(
-            "terminal_online",
-            sink.push_terminals_online,
-            result.states,
-            stamps,
-            None,
-            with_positions(history, result.final_positions()),
-        )
-        applied_online("terminal", len(result.state_rows))
-        updated = dict(terminals)
-        updated.update(
-            {
-                terminal_id: CachedTerminal(state, stamps[terminal_id])
-                for terminal_id, state in result.states.items()
+        ids = dict.fromkeys(e.terminal_id for e in valid)
+        with self.cache.unless_done(ids):
+            terminals, misses = self.cache.split(ids)
+            sink = self.store.sink
+            if misses:
+                terminals.update(await self.store.call("load", sink.load_terminals, misses))
+            result = processor.fold_terminal_batch(
+                valid,
+                {terminal_id: entry.state for terminal_id, entry in terminals.items()},
+                self.allowed_lateness_ms,
+            )
+            for outcome, count in result.outcomes.items():
+                if count:
+                    metrics.TERMINAL_EVENTS.labels("all", outcome.value).inc(count)
+            now_us = time.time_ns() // 1000
+            stamps = {
+                terminal_id: processor.next_stamp_us(terminals[terminal_id].stamp_floor_us, now_us)
+                for terminal_id in result.states
             }
-        )
-        if not self.cache.update(updated, generation):
-            log.info("rebalance during a batch: its terminal states are not cached")
+            history = await self.store.call(
+                "terminal_offline", sink.write_terminal_offline, result.history
+            )
+            await self.store.call(
+                "terminal_online",
+                sink.push_terminals_online,
+                result.states,
+                stamps,
+                None,
+                with_positions(history, result.final_positions()),
+            )
+            applied_online("terminal", len(result.history))
+            updated = dict(terminals)
+            updated.update(
+                {
+                    terminal_id: CachedTerminal(state, stamps[terminal_id])
+                    for terminal_id, state in result.states.items()
+                }
+            )
+            if not self.cache.update(updated, generation):
+                log.info("rebalance during a batch: its terminal states are not cached")
 
 
 class LagTracker:

@@ -161,8 +161,9 @@ def value_encoder(value_type: ValueType) -> Encoder:
             if not len(value):
                 return empty
             if max(value) < 128 and min(value) >= 0:
-                # Tile counts: every value below 128 is its own one-byte varint.
-                body = bytes(value)
+                # Tile counts: every value below 128 is its own one-byte varint (`bytes` of
+                # an `array` would be its machine bytes, not its values).
+                body = bytes(value if type(value) is list else list(value))
             else:
                 # Packed repeated int64; tile indices and event times repeat across rows.
                 body = b"".join(map(varints.__getitem__, value))

@@ -11,9 +11,11 @@ keyed by terminal_id, and `fold_terminal_batch` folds those into terminal states
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Generic, Literal, TypeVar
 
@@ -25,6 +27,7 @@ from google.protobuf.message import DecodeError
 from services.common import events, features, offline_store
 from services.common.events import InvalidTransaction, ValidTransaction
 from services.common.features import CardState, Outcome, TerminalState
+from services.common.history import CardHistory, TerminalHistory
 from services.proto.fraudscore.v1 import transaction_pb2
 
 #: `field` header value when the payload itself could not be decoded.
@@ -109,22 +112,26 @@ class BatchResult:
 
     #: Final state of every card that had at least one APPLIED transaction.
     states: dict[str, CardState] = field(default_factory=dict)
-    #: (card_id, event_ms, features.to_row(state after it)) per APPLIED transaction. Read-only:
-    #: the rows share their lists with each other and with `states`.
-    state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
+    #: One card_state row (the card's state after it) per APPLIED transaction.
+    history: CardHistory = field(default_factory=CardHistory)
     #: The APPLIED transactions, in applied order: the rows of the transaction log
     #: (`offline_store.transactions_table`).
     transaction_rows: list[ValidTransaction] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
-    #: card_id -> position of its last row in `state_rows` (`final_positions`).
+    #: card_id -> position of its last row in `history` (`final_positions`).
     positions: dict[str, int] = field(default_factory=dict)
 
-    def final_rows(self) -> dict[str, dict[str, object]]:
-        """`features.to_row` of each changed card's final state: its last history row."""
+    @property
+    def state_rows(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(card_id, event_ms, row) per history row, the columns as lists (for inspection)."""
+        return self.history.rows()
+
+    def final_rows(self) -> dict[str, dict[str, Any]]:
+        """Each changed card's last history row: `features.to_list_row` of its final state."""
         return {card_id: row for card_id, _, row in self.state_rows}
 
     def final_positions(self) -> dict[str, int]:
-        """Where each changed card's last history row is in `state_rows`."""
+        """Where each changed card's last history row is in `history`."""
         return self.positions
 
 
@@ -143,8 +150,11 @@ def fold_batch(
     states: Mapping[str, CardState | None],
     allowed_lateness_ms: int,
 ) -> BatchResult:
-    """Apply a batch to copies of the cards' states (the inputs stay untouched, so a batch whose
-    writes fail leaves any cache as it was).
+    """Apply a batch to the cards' states, in place (a card without one gets a new state).
+
+    Copying each state first cost more than folding into it (a cached state is cold in
+    memory): a caller whose batch does not finish drops the states instead
+    (`StateCache.unless_done`).
 
     History rows before a card's last one in the batch leave the dedup columns (`recent_*`)
     empty, as the terminals' do (`fold_terminal_batch`): nothing reads them from history rows
@@ -153,11 +163,11 @@ def fold_batch(
     rebuild of the online store would take, are complete.
     """
     result = BatchResult()
-    rows = result.state_rows
+    history = result.history
     for card_id, card_txns in group_by_card(txns).items():
         current = states.get(card_id)
-        state = current.copy() if current is not None else CardState()
-        changed = False
+        state = current if current is not None else CardState()
+        last = -1
         for txn in card_txns:
             outcome = features.apply_transaction(
                 state,
@@ -170,13 +180,12 @@ def fold_batch(
             result.outcomes[outcome] += 1
             if outcome is not Outcome.APPLIED:
                 continue
-            changed = True
-            rows.append((card_id, txn.event_ms, features.to_row(state, dedup=False)))
+            last = history.append(card_id, txn.event_ms, state)
             result.transaction_rows.append(txn)
-        if changed:
+        if last >= 0:
             result.states[card_id] = state
-            rows[-1][2].update(features.dedup_columns(state))
-            result.positions[card_id] = len(rows) - 1
+            history.complete(last, state)
+            result.positions[card_id] = last
     return result
 
 
@@ -237,6 +246,18 @@ class StateCache(Generic[E]):
     def clear(self) -> None:
         self._cards.clear()
         self.generation += 1
+
+    @contextlib.contextmanager
+    def unless_done(self, keys: Iterable[str]) -> Iterator[None]:
+        """Forget `keys` unless the block finishes. A batch folds into the cached states in
+        place (`fold_batch`): cut short (an error, a cancellation), it leaves them ahead of
+        the store, and the batch's redelivery must start from the store's."""
+        try:
+            yield
+        except BaseException:
+            for key in keys:
+                self._cards.pop(key, None)
+            raise
 
     def split(self, card_ids: Iterable[str]) -> tuple[dict[str, E], list[str]]:
         """(cached entries, ids to load from the store)."""
@@ -303,19 +324,33 @@ _TRANSACTION, _LABEL = 0, 1
 
 def encode_terminal_events(terminal_events: Sequence[TerminalEvent]) -> bytes:
     """Many events as one message (one send per partition instead of per event; a send costs
-    more than folding the event): a msgpack array of positional arrays,
-    `[0, terminal_id, event_ms, partition, offset]` per transaction and
-    `[1, terminal_id, transaction_ms, reported_ms, transaction_id, is_fraud]` per label.
-    Positional msgpack builds and parses several times faster than JSON objects."""
-    packed: bytes = msgpack.packb(
-        [
-            [_TRANSACTION, e.terminal_id, e.transaction_ms, e.source_partition, e.source_offset]
-            if e.kind == "transaction"
-            else [_LABEL, e.terminal_id, e.transaction_ms, e.stamp_ms, e.transaction_id, e.is_fraud]
-            for e in terminal_events
+    more than folding the event): a msgpack map of columns,
+    `{"tx": [terminal_ids, event_ms, partitions, offsets]}` for the transactions and
+    `"lb": [[terminal_id, transaction_ms, reported_ms, transaction_id, is_fraud], ...]` for
+    the labels (rare). Columns pack and parse in a few C loops, where an array per event cost
+    a Python step per field on both sides."""
+    transactions = [e for e in terminal_events if e.kind == "transaction"]
+    data: dict[str, Any] = {
+        _TX: [
+            [e.terminal_id for e in transactions],
+            [e.transaction_ms for e in transactions],
+            [e.source_partition for e in transactions],
+            [e.source_offset for e in transactions],
         ]
-    )
+    }
+    labels = [
+        [e.terminal_id, e.transaction_ms, e.stamp_ms, e.transaction_id, e.is_fraud]
+        for e in terminal_events
+        if e.kind == "label"
+    ]
+    if labels:
+        data[_LB] = labels
+    packed: bytes = msgpack.packb(data)
     return packed
+
+
+#: The keys of `encode_terminal_events`'s map.
+_TX, _LB = "tx", "lb"
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -359,14 +394,17 @@ def terminal_events_of_labels(rows: Sequence[Mapping[str, Any]]) -> list[Termina
 
 
 def parse_terminal_events(raw: bytes | None) -> list[TerminalEvent] | Rejected:
-    """Decode one internal message (`encode_terminal_events`). It was written by this service,
-    so a bad one is a bug: one bad event rejects the whole message."""
+    """Decode one internal message (`encode_terminal_events`; also the earlier form, an array
+    of positional arrays, which a topic may still hold after an upgrade). It was written by
+    this service, so a bad one is a bug: one bad event rejects the whole message."""
     if not raw:
         return Rejected(PAYLOAD_FIELD, "empty message")
     try:
         data = msgpack.unpackb(raw)
     except (ValueError, TypeError) as exc:
         return Rejected(PAYLOAD_FIELD, f"undecodable terminal events: {type(exc).__name__}")
+    if type(data) is dict:
+        return _columns_of_events(data)
     if type(data) is not list:
         return Rejected(PAYLOAD_FIELD, "terminal events are not an array")
     out: list[TerminalEvent] = []
@@ -374,6 +412,47 @@ def parse_terminal_events(raw: bytes | None) -> list[TerminalEvent] | Rejected:
         event = _terminal_event(item)
         if event is None:
             return Rejected(PAYLOAD_FIELD, f"malformed terminal event at position {position}")
+        out.append(event)
+    return out
+
+
+def _columns_of_events(data: dict[Any, Any]) -> list[TerminalEvent] | Rejected:
+    """The events of `encode_terminal_events`'s map, every column checked as a whole."""
+    if set(data) - {_TX, _LB}:
+        return Rejected(PAYLOAD_FIELD, "terminal events: unknown keys")
+    columns = data.get(_TX, [[], [], [], []])
+    if type(columns) is not list or len(columns) != 4 or any(type(c) is not list for c in columns):
+        return Rejected(PAYLOAD_FIELD, "terminal events: transactions are not 4 columns")
+    terminal_ids, event_ms, partitions, offsets = columns
+    n = len(terminal_ids)
+    if any(len(c) != n for c in columns):
+        return Rejected(PAYLOAD_FIELD, "terminal events: columns differ in length")
+    if n and (
+        set(map(type, terminal_ids)) != {str}
+        or "" in terminal_ids
+        or any(set(map(type, c)) != {int} for c in (event_ms, partitions, offsets))
+        or min(partitions) < 0
+        or min(offsets) < 0
+    ):
+        return Rejected(PAYLOAD_FIELD, "terminal events: malformed transaction column")
+    out = list(
+        map(
+            TerminalEvent,
+            repeat("transaction"),
+            terminal_ids,
+            event_ms,
+            event_ms,
+            partitions,
+            offsets,
+        )
+    )
+    labels = data.get(_LB, [])
+    if type(labels) is not list:
+        return Rejected(PAYLOAD_FIELD, "terminal events: labels are not an array")
+    for position, item in enumerate(labels):
+        event = _terminal_event([_LABEL, *item] if type(item) is list else item)
+        if event is None or event.kind != "label":
+            return Rejected(PAYLOAD_FIELD, f"malformed terminal label at position {position}")
         out.append(event)
     return out
 
@@ -422,19 +501,24 @@ class TerminalBatchResult:
 
     #: Final state of every terminal that had at least one APPLIED event.
     states: dict[str, TerminalState] = field(default_factory=dict)
-    #: (terminal_id, stamp_ms, features.terminal_to_row(state after it)) per APPLIED event;
-    #: only each terminal's last row here carries the dedup columns (see `fold_terminal_batch`).
-    state_rows: list[tuple[str, int, dict[str, object]]] = field(default_factory=list)
+    #: One terminal_state row (the state after it) per APPLIED event; only each terminal's
+    #: last row carries the dedup columns (see `fold_terminal_batch`).
+    history: TerminalHistory = field(default_factory=TerminalHistory)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
-    #: terminal_id -> position of its last row in `state_rows` (`final_positions`).
+    #: terminal_id -> position of its last row in `history` (`final_positions`).
     positions: dict[str, int] = field(default_factory=dict)
 
-    def final_rows(self) -> dict[str, dict[str, object]]:
-        """`features.terminal_to_row` of each changed terminal's final state."""
+    @property
+    def state_rows(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(terminal_id, stamp_ms, row) per history row, the columns as lists (inspection)."""
+        return self.history.rows()
+
+    def final_rows(self) -> dict[str, dict[str, Any]]:
+        """`features.terminal_to_list_row` of each changed terminal's final state."""
         return {terminal_id: row for terminal_id, _, row in self.state_rows}
 
     def final_positions(self) -> dict[str, int]:
-        """Where each changed terminal's last history row is in `state_rows`."""
+        """Where each changed terminal's last history row is in `history`."""
         return self.positions
 
 
@@ -490,8 +574,8 @@ def fold_terminal_batch(
     states: Mapping[str, TerminalState | None],
     allowed_lateness_ms: int,
 ) -> TerminalBatchResult:
-    """Apply a batch to copies of the terminals' states: per terminal, replays dropped as
-    DUPLICATE (`claim_terminal_events`), the rest applied in time order.
+    """Apply a batch to the terminals' states in place (as `fold_batch`): per terminal,
+    replays dropped as DUPLICATE (`claim_terminal_events`), the rest applied in time order.
 
     History rows before a terminal's last one in the batch leave the dedup columns
     (`t_src_*`, `t_fraud_*`) empty: a terminal with many frauds holds many ids, writing them
@@ -503,76 +587,23 @@ def fold_terminal_batch(
     for event in terminal_events:
         grouped.setdefault(event.terminal_id, []).append(event)
     result = TerminalBatchResult()
+    history = result.history
     for terminal_id, events_of in grouped.items():
         current = states.get(terminal_id)
-        state = current.copy() if current is not None else TerminalState()
+        state = current if current is not None else TerminalState()
         fresh = claim_terminal_events(state, events_of)
         result.outcomes[Outcome.DUPLICATE] += len(events_of) - len(fresh)
         fresh.sort(key=TerminalEvent.order)
-        tile_rows = _TerminalTileRows(state)
-        rows: list[tuple[str, int, dict[str, object]]] = []
+        last = -1
         for event in fresh:
             outcome = fold_terminal_event(state, event, allowed_lateness_ms)
             result.outcomes[outcome] += 1
-            if outcome is not Outcome.APPLIED:
-                continue
-            rows.append((terminal_id, event.stamp_ms, tile_rows.row(event.transaction_ms)))
-        if rows:
+            if outcome is Outcome.APPLIED:
+                last = history.append(terminal_id, event.stamp_ms, state)
+        if last >= 0:
             # Events that are not APPLIED change nothing but the claimed sources, which only
             # the last row carries: it is the final state's.
-            rows[-1] = (terminal_id, rows[-1][1], features.terminal_to_row(state))
-            result.state_rows.extend(rows)
+            history.complete(last, state)
             result.states[terminal_id] = state
-            result.positions[terminal_id] = len(result.state_rows) - 1
+            result.positions[terminal_id] = last
     return result
-
-
-#: Per terminal tile spec: its name, tile length and (idx, cnt, fraud) column names.
-_TERMINAL_TILE_LAYOUT: tuple[tuple[str, int, str, str, str], ...] = tuple(
-    (spec.name, spec.ms, k_idx, k_cnt, k_fraud)
-    for spec in features.TERMINAL_TILE_SPECS
-    for k_idx, k_cnt, k_fraud in [features.TERMINAL_COLUMN_NAMES[spec.name]]
-)
-
-
-class _TerminalTileRows:
-    """`features.terminal_to_row` of a terminal's tiles (dedup columns empty) after each event,
-    built from the previous row: an event changes one tile per spec (its transaction's), so
-    unless tiles came or went, the row is the previous one with that tile's values replaced.
-    Lists are never changed once in a row (rows share the unchanged ones)."""
-
-    def __init__(self, state: TerminalState) -> None:
-        self.state = state
-        #: spec name -> (tile indices, counts, frauds, position of each index)
-        self.columns: dict[str, tuple[list[int], list[int], list[int], dict[int, int]]] = {}
-
-    def row(self, transaction_ms: int) -> dict[str, object]:
-        state = self.state
-        columns = self.columns
-        row: dict[str, object] = {"t_last_event_ms": state.last_event_ms}
-        for name, tile_ms, k_idx, k_cnt, k_fraud in _TERMINAL_TILE_LAYOUT:
-            tiles = state.tiles[name]
-            cached = columns.get(name)
-            idx = transaction_ms // tile_ms
-            position = cached[3].get(idx) if cached is not None else None
-            if cached is None or position is None or len(cached[0]) != len(tiles):
-                # Tiles came or went (same count and the event's tile known: none did).
-                indices = sorted(tiles)
-                counts = [int(tiles[i][0]) for i in indices]
-                frauds = [int(tiles[i][1]) for i in indices]
-                cached = (indices, counts, frauds, {i: n for n, i in enumerate(indices)})
-            else:
-                indices, counts, frauds, positions = cached
-                count, fraud = tiles[idx]
-                if counts[position] != count:
-                    counts = counts.copy()
-                    counts[position] = int(count)
-                if frauds[position] != fraud:
-                    frauds = frauds.copy()
-                    frauds[position] = int(fraud)
-                cached = (indices, counts, frauds, positions)
-            columns[name] = cached
-            row[k_idx], row[k_cnt], row[k_fraud] = indices, counts, frauds
-        row["t_src_partition"], row["t_src_offset"] = [], []
-        row["t_fraud_ids"], row["t_fraud_ms"] = [], []
-        return row

@@ -19,6 +19,7 @@ import pyarrow as pa
 from services.common import feast_repo, features, offline_store
 from services.common.events import ValidTransaction
 from services.common.features import CardState, TerminalState
+from services.common.history import CardHistory, TerminalHistory
 from services.stream import metrics, processor
 from services.stream.online import RedisOnlineStore
 from services.stream.processor import CachedCard, CachedTerminal
@@ -38,7 +39,7 @@ def push_frame(states: Mapping[str, CardState], stamps_us: Mapping[str, int]) ->
         {
             feast_repo.ENTITY_KEY: card_id,
             feast_repo.TIMESTAMP: pd.Timestamp(stamps_us[card_id], unit="us", tz="UTC"),
-            **features.to_row(state),
+            **features.to_list_row(state),
         }
         for card_id, state in states.items()
     ]
@@ -54,7 +55,7 @@ def terminal_push_frame(
         {
             feast_repo.TERMINAL_ENTITY_KEY: terminal_id,
             feast_repo.TIMESTAMP: pd.Timestamp(stamps_us[terminal_id], unit="us", tz="UTC"),
-            **features.terminal_to_row(state),
+            **features.terminal_to_list_row(state),
         }
         for terminal_id, state in states.items()
     ]
@@ -130,22 +131,22 @@ class FeastSink:
 
     def write_offline(
         self,
-        state_rows: list[tuple[str, int, dict[str, object]]],
+        history: CardHistory,
         transaction_rows: Sequence[ValidTransaction],
     ) -> pa.Table | None:
         """Append the batch's card_state history and transaction log as one part each; the
         history's table (its rows are the online rows too: `push_online`'s `history`)."""
-        if not state_rows:
+        if not len(history):
             return None
         started = time.perf_counter()
-        history = offline_store.card_state_table(state_rows)
-        offline_store.write_part(self.repo_dir / offline_store.CARD_STATE_DIR, history)
+        table = history.table()
+        offline_store.write_part(self.repo_dir / offline_store.CARD_STATE_DIR, table)
         offline_store.write_part(
             self.repo_dir / offline_store.TRANSACTIONS_DIR,
             offline_store.transactions_table(transaction_rows),
         )
         metrics.WRITE_SECONDS.labels("offline").observe(time.perf_counter() - started)
-        return history
+        return table
 
     def push_online(
         self,
@@ -216,17 +217,15 @@ class FeastSink:
         metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
         return loaded
 
-    def write_terminal_offline(
-        self, state_rows: list[tuple[str, int, dict[str, object]]]
-    ) -> pa.Table | None:
+    def write_terminal_offline(self, history: TerminalHistory) -> pa.Table | None:
         """Append the batch's terminal_state history as one part; its table."""
-        if not state_rows:
+        if not len(history):
             return None
         started = time.perf_counter()
-        history = offline_store.terminal_state_table(state_rows)
-        offline_store.write_part(self.repo_dir / offline_store.TERMINAL_STATE_DIR, history)
+        table = history.table()
+        offline_store.write_part(self.repo_dir / offline_store.TERMINAL_STATE_DIR, table)
         metrics.WRITE_SECONDS.labels("terminal_offline").observe(time.perf_counter() - started)
-        return history
+        return table
 
     def push_terminals_online(
         self,

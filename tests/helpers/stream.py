@@ -120,7 +120,7 @@ def make_transactions(
 
 @dataclass
 class Expected:
-    """The batch recomputation: card and terminal rows as `features.to_row` / `terminal_row`
+    """The batch recomputation: card and terminal rows as `features.to_list_row` / `terminal_row`
     give them, and how many transactions were counted."""
 
     cards: dict[str, dict[str, Any]]
@@ -155,7 +155,7 @@ def recompute(
             terminals.setdefault(txn.terminal_id, TerminalState()), event_ms, terminal_lateness_ms
         )
     return Expected(
-        cards={card: features.to_row(state) for card, state in cards.items()},
+        cards={card: features.to_list_row(state) for card, state in cards.items()},
         terminals={t: terminal_row(state) for t, state in terminals.items()},
         applied=applied,
     )
@@ -165,7 +165,7 @@ def terminal_row(state: TerminalState) -> dict[str, Any]:
     """`features.terminal_to_row` without the claimed source offsets: they say where the
     worker read each transaction, which a recomputation without Kafka cannot know (and which
     differ between partitionings); the tiles show whether anything was counted twice."""
-    row = features.terminal_to_row(state)
+    row = features.terminal_to_list_row(state)
     for column in features.TERMINAL_SOURCE_COLUMNS:
         del row[column]
     return row
@@ -188,7 +188,7 @@ class OnlineState:
             terminal_states += self.reader.read_terminal_states(terminals[i : i + 2000])
         return (
             {
-                c: None if s is None else features.to_row(s)
+                c: None if s is None else features.to_list_row(s)
                 for c, s in zip(cards, card_states, strict=True)
             },
             {

@@ -17,9 +17,9 @@ def test_card_state_round_trips_online_and_offline(feature_repo_dir: Path) -> No
     store = feast_repo.open_store(feature_repo_dir)
     state = CardState()
     apply_transaction(state, "t1", T0, 12.0, 300_000)
-    first = features.to_row(state)
+    first = features.to_list_row(state)
     apply_transaction(state, "t2", T0 + 60_000, 3.0, 300_000)
-    second = features.to_row(state)
+    second = features.to_list_row(state)
 
     online = pd.DataFrame(
         [

@@ -38,7 +38,7 @@ def push(store: object, states: dict[str, CardState]) -> None:
             {
                 feast_repo.ENTITY_KEY: card,
                 feast_repo.TIMESTAMP: pd.Timestamp(state.last_event_ms, unit="ms", tz="UTC"),
-                **features.to_row(state),
+                **features.to_list_row(state),
             }
             for card, state in states.items()
         ]

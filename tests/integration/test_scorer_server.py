@@ -156,7 +156,7 @@ def push_state(feature_repo_dir: Path, card_id: str, state: CardState) -> None:
             {
                 "card_id": card_id,
                 "event_timestamp": pd.Timestamp(state.last_event_ms, unit="ms", tz="UTC"),
-                **features.to_row(state),
+                **features.to_list_row(state),
             }
         ]
     )

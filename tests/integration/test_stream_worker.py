@@ -128,7 +128,7 @@ def online_rows(store: Any, cards: list[str]) -> dict[str, dict[str, Any] | None
     out: dict[str, dict[str, Any] | None] = {}
     for i, card in enumerate(cards):
         state = features.from_row({column: got[column][i] for column in features.STATE_COLUMNS})
-        out[card] = None if state is None else features.to_row(state)
+        out[card] = None if state is None else features.to_list_row(state)
     return out
 
 
@@ -182,7 +182,7 @@ def test_worker_folds_transactions_into_feast_and_dead_letters_the_malformed(
         if outcome is Outcome.APPLIED:
             applied_ids.append(txn.transaction_id)
     assert len(applied_ids) == 300
-    expected = {card: features.to_row(state) for card, state in expected_states.items()}
+    expected = {card: features.to_list_row(state) for card, state in expected_states.items()}
 
     bad_amount = make_txn(f"{prefix}neg", cards[0], T0, -5)
     bad_currency = make_txn(f"{prefix}cur", cards[0], T0, 5)
@@ -246,7 +246,7 @@ def test_worker_folds_transactions_into_feast_and_dead_letters_the_malformed(
         )
         state = CardState()
         features.apply_transaction(state, txn.transaction_id, T0, 1.0, LATENESS_MS, txn.terminal_id)
-        sentinels[card] = features.to_row(state)
+        sentinels[card] = features.to_list_row(state)
     wait_online(store, sentinels, worker, timeout_s=60)
 
     assert online_rows(store, cards) == expected

@@ -6,6 +6,7 @@ import math
 
 from services.common import features
 from services.common.features import CardState, Outcome, apply_transaction, card_features
+from services.common.history import CardHistory
 
 LATE = 300_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
@@ -87,24 +88,32 @@ def test_old_tiles_are_pruned_so_state_stays_bounded() -> None:
 
 
 def test_history_rows_and_copies_keep_the_state_they_were_taken_at() -> None:
-    """Rows and copies share the state's lists: folding on (into the newest tile, a new one,
-    an earlier one, past the retained range) must replace those lists, never change them."""
+    """`apply_transaction` changes a state's arrays in place: the history (`CardHistory`)
+    copies each row as it is appended, and a copy of the state is independent of it. Folding on
+    (into the newest tile, a new one, an earlier one, past the retained range) must change
+    neither."""
     late = 2 * 86_400_000
     state = CardState()
     offsets = [0, 1000, 61_000, 30_000, 3_600_000, 3_000_000, 2 * 86_400_000, 40 * 86_400_000]
-    rows, frozen, copies = [], [], []
+    history = CardHistory()
+    frozen, copies = [], []
     for i, offset in enumerate(offsets):
         apply_transaction(state, f"t{i}", T0 + offset, 10.0 + i, late, terminal_id=f"p{i % 3}")
-        row = features.to_row(state)
-        rows.append(row)
-        frozen.append({k: list(v) if isinstance(v, list) else v for k, v in row.items()})
+        history.complete(history.append("c", T0 + offset, state), state)
+        frozen.append(features.to_list_row(state))
         copies.append(state.copy())
-    assert rows == frozen
+    assert [row for _, _, row in history.rows()] == frozen
     for copy, row in zip(copies, frozen, strict=True):
         apply_transaction(copy, "more", T0 + 41 * 86_400_000, 1.0, late, terminal_id="q")
         restored = features.from_row(row)
-        assert restored is not None and features.to_row(restored) == row
-    assert rows == frozen
+        assert restored is not None and features.to_list_row(restored) == row
+        # A state read from a row shares nothing with the row it came from.
+        from_arrays = features.from_row(features.to_row(restored))
+        assert from_arrays is not None
+        apply_transaction(from_arrays, "again", T0 + 41 * 86_400_000, 1.0, late, terminal_id="q")
+        assert features.to_list_row(restored) == row
+    assert [row for _, _, row in history.rows()] == frozen
+    assert features.to_list_row(state) == frozen[-1]
 
 
 def test_out_of_order_events_fold_into_the_same_tiles_as_in_order() -> None:
@@ -264,10 +273,10 @@ def test_terminal_tiles_and_frauds_expire_as_the_hours_go_by() -> None:
             features.apply_terminal_label(state, f"x{minute}", ms, True)
     last_hour = state.last_event_ms // features.HOUR.ms
     last_day = state.last_event_ms // features.TERMINAL_DAY.ms
-    assert min(state.tiles["h"]) == last_hour - features.HOUR.keep + 1
-    assert min(state.tiles["d"]) == last_day - features.TERMINAL_DAY.keep + 1
+    assert state.tiles["h"].idx[0] == last_hour - features.HOUR.keep + 1
+    assert state.tiles["d"].idx[0] == last_day - features.TERMINAL_DAY.keep + 1
     assert len(state.frauds) == features.TERMINAL_DAY.keep
-    assert min(state.frauds.values()) // features.TERMINAL_DAY.ms == min(state.tiles["d"])
+    assert min(state.frauds.values()) // features.TERMINAL_DAY.ms == state.tiles["d"].idx[0]
 
 
 def test_terminal_transaction_older_than_the_lateness_is_late() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from services.common import features
 from services.common.features import CardState
+from services.common.history import CardHistory
 from services.proto.fraudscore.v1 import transaction_pb2
 from services.stream import agents, processor
 from services.stream.processor import CachedCard, StateCache
@@ -31,10 +32,12 @@ class FakeSink:
 
     def load(self, card_ids: list[str]) -> dict[str, CachedCard]:
         self.loads.append(list(card_ids))
-        return {c: CachedCard(self.online.get(c), 0) for c in card_ids}
+        # Copies, as a real store's reads and writes are: the fold changes states in place.
+        stored = {c: self.online.get(c) for c in card_ids}
+        return {c: CachedCard(s.copy() if s else None, 0) for c, s in stored.items()}
 
-    def write_offline(self, state_rows: list[Any], transaction_rows: list[Any]) -> None:
-        self.offline_rows.extend(state_rows)
+    def write_offline(self, history: CardHistory, transaction_rows: list[Any]) -> None:
+        self.offline_rows.extend(history.rows())
 
     def push_online(
         self,
@@ -46,7 +49,7 @@ class FakeSink:
         if self.fail_pushes:
             self.fail_pushes -= 1
             raise ConnectionError("redis down")
-        self.online.update(states)
+        self.online.update({card_id: state.copy() for card_id, state in states.items()})
 
 
 class FakeTopic:
@@ -127,11 +130,11 @@ class OrderedSink(FakeSink):
         self.log = log
         self.forwarded = forwarded
 
-    def write_offline(self, state_rows: list[Any], transaction_rows: list[Any]) -> None:
+    def write_offline(self, history: CardHistory, transaction_rows: list[Any]) -> None:
         self.log.append("offline start")
         overlapped = self.forwarded.wait(2.0)
         self.log.append(f"offline end (forward sent meanwhile: {overlapped})")
-        super().write_offline(state_rows, transaction_rows)
+        super().write_offline(history, transaction_rows)
 
     def push_online(
         self,
@@ -325,6 +328,37 @@ async def test_transactions_forwarded_again_after_a_crash_count_once_at_their_te
         assert features.terminal_features(state, T0 + 7000)["terminal_count_1d"] == 30, size
     # The crashed batch's forward did go out before the crash, and was sent again.
     assert sum(map(len, messages)) > 30
+
+
+async def test_a_batch_cut_short_leaves_no_folded_state_in_the_cache() -> None:
+    """The fold changes the cached states in place: a batch that does not finish (here its
+    push fails with a BaseException, as a cancellation would) must drop them, so the batch's
+    redelivery is counted from the store's states and not taken for duplicates."""
+    sink = CrashingSink()
+    cache: StateCache[CachedCard] = StateCache()
+    handler = agents.TransactionHandler(
+        agents.StoreCaller(sink, retry_max_s=0.01),  # type: ignore[arg-type]
+        agents.DeadLetters(FakeTopic(), "transaction"),  # type: ignore[arg-type]
+        cache,
+        allowed_lateness_ms=300_000,
+    )
+    await handler.handle([event(txn_bytes("x0", "c0", T0), 0)])
+    assert len(cache) == 1 and sink.online["c0"].day_tile_count() == 1
+    batch = [event(txn_bytes(f"x{i}", f"c{i % 2}", T0 + i), i) for i in range(1, 5)]
+    sink.crash = True
+    try:
+        await handler.handle(batch)
+    except Crash:
+        pass
+    else:
+        raise AssertionError("the push did not crash")
+    assert len(cache) == 0, "the batch's cards, cached before it or not, are forgotten"
+    sink.crash = False
+    sink.loads.clear()
+    await handler.handle(batch)  # redelivered
+    assert sorted(sink.loads[0]) == ["c0", "c1"]
+    assert sink.online["c0"].day_tile_count() == 3
+    assert sink.online["c1"].day_tile_count() == 2
 
 
 def test_terminal_partition_is_kafkas_default_partitioner() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from array import array
+
 import msgpack
+import numpy as np
 import pyarrow as pa
 
 from services.common import features, offline_store
@@ -143,17 +146,17 @@ def test_rows_match_a_plain_fold_with_the_feature_logic() -> None:
     ]
     stored = CardState()
     features.apply_transaction(stored, "before", T0 - 60_000, 5.0, LATENESS_MS)
+    expected_states: dict[str, CardState] = {"c0": stored.copy()}
     result = processor.fold_batch(batch, {"c0": stored}, LATENESS_MS)
 
     expected_rows: list[tuple[str, int, dict[str, object]]] = []
-    expected_states: dict[str, CardState] = {"c0": stored.copy()}
     for txn in sorted(batch, key=lambda t: (t.card_id, t.event_ms)):
         state = expected_states.setdefault(txn.card_id, CardState())
         outcome = features.apply_transaction(
             state, txn.transaction_id, txn.event_ms, txn.amount, LATENESS_MS, txn.terminal_id
         )
         if outcome is Outcome.APPLIED:
-            expected_rows.append((txn.card_id, txn.event_ms, features.to_row(state)))
+            expected_rows.append((txn.card_id, txn.event_ms, features.to_list_row(state)))
     # Each card's last row is its whole state; the rows before it leave the dedup ids out.
     last = {card_id: i for i, (card_id, _, _) in enumerate(expected_rows)}
     for i, (_, _, row) in enumerate(expected_rows):
@@ -162,14 +165,17 @@ def test_rows_match_a_plain_fold_with_the_feature_logic() -> None:
 
     assert sorted(result.state_rows, key=lambda r: (r[0], r[1])) == expected_rows
     for card_id, row in result.final_rows().items():
-        assert row == features.to_row(result.states[card_id])
+        assert row == features.to_list_row(result.states[card_id])
         assert row["recent_ids"], "the final row carries the dedup ids"
     for card_id, state in expected_states.items():
         assert features.to_row(result.states[card_id]) == features.to_row(state)
-    # The caller's state is untouched: a batch whose writes fail must not corrupt the cache.
-    assert list(stored.recent) == ["before"]
-    table = offline_store.card_state_table(result.state_rows)
+    # The batch folds into the caller's state itself (`StateCache.unless_done` drops it when
+    # the batch does not finish).
+    assert result.states["c0"] is stored
+    # The history gathered column by column is the table of its rows built the plain way.
+    table = result.history.table()
     assert table.schema == offline_store.CARD_STATE_SCHEMA
+    assert table.equals(offline_store.card_state_table(result.state_rows))
     assert table.num_rows == len(expected_rows)
 
 
@@ -301,7 +307,7 @@ def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
     sent += processor.terminal_events_of_transactions(txn_rows, sources)
     assert [(e.source_partition, e.source_offset) for e in sent] == [(-1, -1), (2, 41), (2, 40)]
     parsed = processor.parse_terminal_events(processor.encode_terminal_events(sent))
-    assert parsed == sent
+    assert parsed == [*sent[1:], sent[0]]  # transactions, then labels
     result = processor.fold_terminal_batch(parsed, {}, LATENESS_MS)
     # The label (reported at x2's millisecond) comes after x2, stamped with its reported time.
     assert [(stamp, row["t_d_fraud"]) for _, stamp, row in result.state_rows] == [
@@ -343,24 +349,71 @@ def test_malformed_terminal_messages_are_rejected_whole() -> None:
     assert processor.parse_terminal_events(None) == Rejected("payload", "empty message")
 
 
+def test_terminal_messages_travel_as_columns_and_the_former_arrays_still_parse() -> None:
+    """`encode_terminal_events` writes columns; a message of the former form (an array per
+    event, still in the topic after an upgrade) parses to the same events. A bad value in
+    any column rejects the whole message."""
+    sent = [
+        txn_event("term-1", T0, 7),
+        label_event("term-2", "x1", T0 - 5000, T0 + 9000),
+        txn_event("term-2", T0 + 1000, 8),
+    ]
+    columns = msgpack.unpackb(processor.encode_terminal_events(sent))
+    assert columns["tx"] == [["term-1", "term-2"], [T0, T0 + 1000], [0, 0], [7, 8]]
+    assert columns["lb"] == [["term-2", T0 - 5000, T0 + 9000, "x1", True]]
+    got = processor.parse_terminal_events(processor.encode_terminal_events(sent))
+    assert got == [sent[0], sent[2], sent[1]]  # the kinds apart; each in its order
+    former = msgpack.packb(
+        [[0, "term-1", T0, 0, 7], [1, "term-2", T0 - 5000, T0 + 9000, "x1", True]]
+    )
+    assert processor.parse_terminal_events(former) == [sent[0], sent[1]]
+    assert processor.parse_terminal_events(msgpack.packb({"tx": [[], [], [], []]})) == []
+
+    good = [["term-1", "term-2"], [T0, T0], [0, 0], [7, 8]]
+    bad_columns: list[object] = [
+        good[:3],  # a column missing
+        [["term-1"], *good[1:]],  # columns of different lengths
+        [["term-1", ""], *good[1:]],  # no terminal
+        [["term-1", 5], *good[1:]],  # a terminal id not a string
+        [good[0], [T0, "T0"], *good[2:]],  # time not an int
+        [*good[:2], [0, True], good[3]],  # partition not an int
+        [*good[:3], [7, -1]],  # no source offset
+        "columns",
+    ]
+    for bad in bad_columns:
+        rejected = processor.parse_terminal_events(msgpack.packb({"tx": bad}))
+        assert isinstance(rejected, Rejected), bad
+    for bad_label in (["term-1", T0, T0, "", True], ["term-1", T0, T0, "x1", 1], "x"):
+        message = msgpack.packb({"tx": good, "lb": [bad_label]})
+        assert isinstance(processor.parse_terminal_events(message), Rejected), bad_label
+    assert isinstance(
+        processor.parse_terminal_events(msgpack.packb({"tx": good, "x": 1})), Rejected
+    )
+
+
 def test_state_rows_keep_store_types_for_fresh_and_restored_states() -> None:
-    """`to_row` no longer converts sums: they must already be floats, counts ints, whether the
-    state was folded here or restored from a stored row (integer amounts included)."""
+    """The tile columns are int64 and float64 `array`s (the offline part joins their buffers),
+    whether the state was folded here or restored from a stored row: from `to_row` itself, from
+    Redis's plain lists (integer amounts included) or from a point-in-time join's numpy arrays."""
     state = CardState()
     features.apply_transaction(state, "a", T0, 5, LATENESS_MS, "t1")
     features.apply_transaction(state, "b", T0 + 61_000, 2.5, LATENESS_MS, "t2")
-    restored = features.from_row(features.to_row(state))
-    assert restored is not None
-    features.apply_transaction(restored, "c", T0 + 3_700_000, 7, LATENESS_MS, "t1")
-    for each in (state, restored):
-        row = features.to_row(each)
-        for spec in features.TILE_SPECS:
-            assert all(type(v) is int for v in row[f"{spec.name}_idx"])
-            assert all(type(v) is int for v in row[f"{spec.name}_cnt"])
-            assert all(type(v) is float for v in row[f"{spec.name}_amt"])
-            assert all(type(v) is float for v in row[f"{spec.name}_sq"])
-    assert features.to_row(restored)["m_cnt"] == [1]  # older minutes pruned
-    assert features.to_row(restored)["h_amt"] == [7.5, 7.0]
+    lists = features.to_list_row(state)
+    assert type(lists["m_amt"]) is list and lists["m_amt"] == [5.0, 2.5]
+    numpy_row = {k: np.array(v) if type(v) is list else v for k, v in lists.items()}
+    for source in (features.to_row(state), lists, numpy_row):
+        restored = features.from_row(source)
+        assert restored == state
+        features.apply_transaction(restored, "c", T0 + 3_700_000, 7, LATENESS_MS, "t1")
+        for each in (state, restored):
+            row = features.to_row(each)
+            for spec in features.TILE_SPECS:
+                for part, code in (("idx", "q"), ("cnt", "q"), ("amt", "d"), ("sq", "d")):
+                    column = row[f"{spec.name}_{part}"]
+                    assert type(column) is array and column.typecode == code
+            assert row["h_term_idx"].typecode == "q"
+        assert features.to_row(restored)["m_cnt"].tolist() == [1]  # older minutes pruned
+        assert features.to_row(restored)["h_amt"].tolist() == [7.5, 7.0]
 
 
 def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_row() -> None:
@@ -381,7 +434,9 @@ def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_r
     ):
         state = replay.setdefault(event.terminal_id, features.TerminalState())
         if processor.fold_terminal_event(state, event, 3_600_000) is Outcome.APPLIED:
-            expected.append((event.terminal_id, event.stamp_ms, features.terminal_to_row(state)))
+            expected.append(
+                (event.terminal_id, event.stamp_ms, features.terminal_to_list_row(state))
+            )
     assert [(t, s) for t, s, _ in result.state_rows] == [(t, s) for t, s, _ in expected]
     dedup = ("t_src_partition", "t_src_offset", "t_fraud_ids", "t_fraud_ms")
     last = {t: i for i, (t, _, _) in enumerate(expected)}
@@ -389,7 +444,7 @@ def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_r
         zip(result.state_rows, expected, strict=True)
     ):
         if i == last[terminal]:
-            assert got == features.terminal_to_row(result.states[terminal])
+            assert got == features.terminal_to_list_row(result.states[terminal])
             assert {k: v for k, v in got.items() if k not in dedup[:2]} == {
                 k: v for k, v in full.items() if k not in dedup[:2]
             }
@@ -402,6 +457,8 @@ def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_r
     assert (final["ta"]["t_src_partition"], final["ta"]["t_src_offset"]) == ([0], [103])
     assert (final["ta"]["t_fraud_ids"], final["tb"]["t_src_offset"]) == (["x2"], [104])
     assert result.outcomes[Outcome.DUPLICATE] == 1
+    table = result.history.table()
+    assert table.equals(offline_store.terminal_state_table(result.state_rows))
 
 
 def test_redelivered_terminal_message_is_duplicate() -> None:
@@ -510,7 +567,7 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
             state = replay.setdefault(event.terminal_id, features.TerminalState())
             if processor.fold_terminal_event(state, event, lateness_ms) is Outcome.APPLIED:
                 expected.append(
-                    (event.terminal_id, event.stamp_ms, features.terminal_to_row(state))
+                    (event.terminal_id, event.stamp_ms, features.terminal_to_list_row(state))
                 )
         got = sorted(result.state_rows, key=lambda r: r[0])  # stable: per terminal in order
         assert len(got) == len(expected)
@@ -519,4 +576,4 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
             assert {k: v for k, v in row.items() if k not in dedup} == {
                 k: v for k, v in e_row.items() if k not in dedup
             }
-    assert sum(len(s.tiles["h"]) for s in states.values()) > 0
+    assert sum(len(s.tiles["h"].idx) for s in states.values()) > 0

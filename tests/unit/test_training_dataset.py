@@ -54,14 +54,14 @@ def history(
                 {
                     "card_id": item.card_id,
                     "event_timestamp": pd.Timestamp(stamp, unit="ms", tz="UTC"),
-                    **features.to_row(state),
+                    **features.to_list_row(state),
                 }
             )
         terminal_rows.append(
             {
                 "terminal_id": item.terminal_id,
                 "event_timestamp": pd.Timestamp(stamp, unit="ms", tz="UTC"),
-                **features.terminal_to_row(terminal),
+                **features.terminal_to_list_row(terminal),
             }
         )
     return pd.DataFrame(card_rows), pd.DataFrame(terminal_rows)

@@ -33,8 +33,8 @@ def _random_rows(seed: int, n: int) -> tuple[pd.DataFrame, np.ndarray]:
         card = cards.get(card_id)
         terminal = terminals.get(terminal_id)
         row: dict[str, object] = {"amount": amount, "event_ms": now}
-        card_row = features.to_row(card) if card else {}
-        terminal_row = features.terminal_to_row(terminal) if terminal else {}
+        card_row = features.to_list_row(card) if card else {}
+        terminal_row = features.terminal_to_list_row(terminal) if terminal else {}
         for column in features.STATE_COLUMNS:
             row[column] = card_row.get(column, math.nan)
         for column in features.TERMINAL_STATE_COLUMNS:
