@@ -807,13 +807,18 @@ def to_row(state: CardState, dedup: bool = True) -> dict[str, Any]:
 
 def to_list_row(state: CardState) -> dict[str, Any]:
     """`to_row` with every column a plain list: the form pandas frames and Feast's push take."""
+    return _plain(to_row(state))
+
+
+def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row with its arrays as lists, and every list its own (the state changes its own)."""
     return {
         name: value.tolist()
         if type(value) is array
         else list(value)
         if type(value) is list
         else value
-        for name, value in to_row(state).items()
+        for name, value in row.items()
     }
 
 
@@ -908,14 +913,7 @@ def terminal_dedup_columns(state: TerminalState) -> dict[str, list[Any]]:
 
 def terminal_to_list_row(state: TerminalState) -> dict[str, Any]:
     """`terminal_to_row` with every column a plain list (as `to_list_row`)."""
-    return {
-        name: value.tolist()
-        if type(value) is array
-        else list(value)
-        if type(value) is list
-        else value
-        for name, value in terminal_to_row(state).items()
-    }
+    return _plain(terminal_to_row(state))
 
 
 def terminal_from_row(row: Mapping[str, Any]) -> TerminalState | None:

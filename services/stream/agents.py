@@ -35,6 +35,7 @@ from services.stream import metrics, processor, tracing
 from services.stream.processor import (
     CachedCard,
     CachedTerminal,
+    E,
     Rejected,
     StateCache,
     TerminalEvent,
@@ -98,6 +99,21 @@ def applied_online(view: str, applied: int) -> None:
     if applied:
         metrics.LAST_APPLIED.labels(view).set_to_current_time()
     metrics.APPLIED_ONLINE.labels(view).inc(applied)
+
+
+def remember(
+    cache: StateCache[E],
+    read: Mapping[str, E],
+    written: Mapping[str, E],
+    generation: int,
+    view: str,
+) -> None:
+    """Cache a finished batch's keys: those it wrote with their new state, and those it read
+    but left unchanged as read (a hot key's redeliveries then skip the read)."""
+    updated = dict(read)
+    updated.update(written)
+    if not cache.update(updated, generation):
+        log.info("rebalance during a batch: its %s states are not cached", view)
 
 
 class StoreCaller:
@@ -300,16 +316,11 @@ class TransactionHandler:
                 with_positions(history, result.final_positions()),
             )
             applied_online("card", len(result.history))
-            # Cards read but unchanged are cached too: a hot card's redeliveries skip the read.
-            updated = dict(cards)
-            updated.update(
-                {
-                    card_id: CachedCard(state, stamps[card_id])
-                    for card_id, state in result.states.items()
-                }
-            )
-            if not self.cache.update(updated, generation):
-                log.info("rebalance during a batch: its card states are not cached")
+            written = {
+                card_id: CachedCard(state, stamps[card_id])
+                for card_id, state in result.states.items()
+            }
+            remember(self.cache, cards, written, generation, "card")
             late = result.outcomes[Outcome.LATE]
             duplicates = result.outcomes[Outcome.DUPLICATE]
             if late or duplicates:
@@ -406,15 +417,11 @@ class TerminalHandler:
                 with_positions(history, result.final_positions()),
             )
             applied_online("terminal", len(result.history))
-            updated = dict(terminals)
-            updated.update(
-                {
-                    terminal_id: CachedTerminal(state, stamps[terminal_id])
-                    for terminal_id, state in result.states.items()
-                }
-            )
-            if not self.cache.update(updated, generation):
-                log.info("rebalance during a batch: its terminal states are not cached")
+            written_terminals = {
+                terminal_id: CachedTerminal(state, stamps[terminal_id])
+                for terminal_id, state in result.states.items()
+            }
+            remember(self.cache, terminals, written_terminals, generation, "terminal")
 
 
 class LagTracker:
