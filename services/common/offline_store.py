@@ -141,10 +141,13 @@ def _state_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def stamps(keys: list[str], event_ms: list[int]) -> pa.Array:
-    """The rows' event_timestamp column, stamped as `_state_table` describes."""
+def stamps(keys: list[str], event_ms: list[int], ties: bool | None = None) -> pa.Array:
+    """The rows' event_timestamp column, stamped as `_state_table` describes. `ties`: whether
+    some key has two rows in one millisecond, if the caller knows (None: found out here)."""
     stamps = np.array(event_ms, dtype=np.int64) * 1000
-    if len(set(zip(keys, event_ms, strict=True))) < len(keys):
+    if ties is None:
+        ties = len(set(zip(keys, event_ms, strict=True))) < len(keys)
+    if ties:
         # Some key has two rows in one millisecond (rare): count them up in order.
         last: dict[str, tuple[int, int]] = {}
         for i, (key, ms) in enumerate(zip(keys, event_ms, strict=True)):
