@@ -824,7 +824,7 @@ def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def dedup_columns(state: CardState) -> dict[str, list[Any]]:
     """The columns of `to_row` that only the stream's dedup reads: the recent ids."""
-    ids, times = id_times_to_columns(state.recent)
+    ids, times = _id_times_to_columns(state.recent)
     return {"recent_ids": ids, "recent_ms": times}
 
 
@@ -902,7 +902,7 @@ TERMINAL_DEDUP_COLUMNS = ("t_src_partition", "t_src_offset", "t_fraud_ids", "t_f
 def terminal_dedup_columns(state: TerminalState) -> dict[str, list[Any]]:
     """The claimed source offsets and the counted frauds' ids (TERMINAL_DEDUP_COLUMNS)."""
     partitions = sorted(state.sources)
-    ids, times = id_times_to_columns(state.frauds)
+    ids, times = _id_times_to_columns(state.frauds)
     return {
         "t_src_partition": partitions,
         "t_src_offset": list(map(state.sources.__getitem__, partitions)),
@@ -951,7 +951,7 @@ def _seq(value: Any) -> Sequence[Any]:
     return () if _absent(value) else list(value)
 
 
-def id_times_to_columns(id_times: Mapping[str, int]) -> tuple[list[str], list[int]]:
+def _id_times_to_columns(id_times: Mapping[str, int]) -> tuple[list[str], list[int]]:
     """transaction_id -> ms as two parallel array columns (Feast has no map type)."""
     # Ids are unique: sorting them alone gives the order sorting (id, ms) pairs would.
     ids = sorted(id_times)

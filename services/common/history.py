@@ -146,7 +146,8 @@ class CardHistory(_StateHistory):
 
     def complete(self, position: int, state: CardState) -> None:
         """Give the row at `position` the dedup columns of `state` (its card's final state)."""
-        self._dedup[position] = features.id_times_to_columns(state.recent)
+        row = features.dedup_columns(state)
+        self._dedup[position] = [row[name] for name in self.DEDUP]
 
     def _extra(self) -> dict[str, pa.Array]:
         type_ = self.SCHEMA.field("h_term_ids").type
@@ -165,7 +166,7 @@ class TerminalHistory(_StateHistory):
     GROUPS = tuple(
         features.TERMINAL_COLUMN_NAMES[spec.name] for spec in features.TERMINAL_TILE_SPECS
     )
-    DEDUP = ("t_src_partition", "t_src_offset", "t_fraud_ids", "t_fraud_ms")
+    DEDUP = features.TERMINAL_DEDUP_COLUMNS
     _TILE_NAMES = tuple(spec.name for spec in features.TERMINAL_TILE_SPECS)
 
     def append(self, key: str, stamp_ms: int, state: TerminalState) -> int:
