@@ -124,7 +124,10 @@ class _Buffer:
 
 def _newest_offsets(batch: Sequence[Any]) -> dict[TP, int]:
     # Records of a partition are buffered in offset order: the last one seen is the newest.
-    return {TP(r.topic, r.partition): r.offset for r in batch}
+    # Keyed by plain tuples, a TP per partition: a namedtuple per record was ~2 % of the
+    # worker's samples in a backlog.
+    newest = {(r.topic, r.partition): r.offset for r in batch}
+    return {TP(topic, partition): offset for (topic, partition), offset in newest.items()}
 
 
 def transport_class(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import redis
+
+from services.common.settings import RedisSettings
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +26,9 @@ KEYS = {
 }
 
 
-def test_a_tiny_stream_bench_prints_its_figures_as_the_last_line(redis_settings: object) -> None:
+def test_a_tiny_stream_bench_prints_its_figures_as_the_last_line(
+    redis_settings: RedisSettings,
+) -> None:
     cmd = [
         sys.executable, "-m", "services.cli", "bench", "stream",
         "--events", "300", "--rate", "50", "--duration", "2", "--baseline-events", "20",
@@ -45,3 +51,8 @@ def test_a_tiny_stream_bench_prints_its_figures_as_the_last_line(redis_settings:
     assert figures["freshness_cpu_us_per_event"] > 0
     # The machine's Python speed reference, to compare figures across machines.
     assert figures["machine"]["python_ref_ms"] > 0
+    # Its rows are gone from the shared Redis (Feast's keys end with the project's name).
+    project = re.search(r"feast apply \(project (\w+)\)", result.stderr)
+    assert project is not None, result.stderr[-3000:]
+    client = redis.Redis(host=redis_settings.host, port=redis_settings.port, db=redis_settings.db)
+    assert not list(client.scan_iter(match=f"*{project[1]}", count=10_000))
