@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,9 +115,10 @@ class WorkerProcess(StreamWorker):
     """The stream worker of `services.dev.stack`, run from the repo root, its log truncated."""
 
     _COUNTER = re.compile(
-        r"fraudscore_stream_(events_total|applied_online_total|last_applied_timestamp_seconds)"
-        r'\{(?:kind|view)="(\w+)"\}'
+        r"fraudscore_stream_(events_total|applied_online_total|last_applied_timestamp_seconds"
+        r'|transactions_total)\{(?:kind|view|outcome)="(\w+)"\}'
     )
+    _TERMINAL = re.compile(r'fraudscore_stream_terminal_events_total\{kind="all",outcome="(\w+)"\}')
 
     def __init__(self, env: dict[str, str], metrics_port: int, log_path: Path) -> None:
         super().__init__(env, log_path, metrics_port, append=False, cwd=REPO_ROOT)
@@ -134,6 +135,9 @@ class WorkerProcess(StreamWorker):
             match = self._COUNTER.fullmatch(key)
             if match is not None:
                 out[f"{match[1]}:{match[2]}"] = value
+            match = self._TERMINAL.fullmatch(key)
+            if match is not None:
+                out[f"terminal_events_total:{match[1]}"] = value
         return out
 
 
@@ -238,6 +242,7 @@ def wait_applied(
                 cpu_first = cpu if none_yet is None else cpu_none_yet
             else:
                 none_yet, cpu_none_yet = now, cpu
+        _not_counted(delta, n)
         if delta("applied_online_total:card") >= n and delta("applied_online_total:terminal") >= n:
             # The worker's wall clock, on this host, as a monotonic time of ours.
             wall_to_monotonic = time.monotonic() - time.time()
@@ -249,6 +254,25 @@ def wait_applied(
             return start, max(done, start), worker.cpu_s() - cpu_first
         time.sleep(METRICS_POLL_S if first is not None else START_POLL_S)
     raise TimeoutError(f"not all {n} transactions applied online in {timeout_s}s: {got}")
+
+
+def _not_counted(delta: Callable[[str], float], n: int) -> None:
+    """Raise once all `n` events were handled but some will never be applied online: the
+    backlog's events are all distinct and on time, so any dropped is a finding, not a wait."""
+    dropped = {
+        "card": sum(delta(f"transactions_total:{o}") for o in ("late", "duplicate")),
+        "terminal": sum(delta(f"terminal_events_total:{o}") for o in ("late", "duplicate")),
+    }
+    handled = {
+        "card": delta("transactions_total:applied") + dropped["card"],
+        "terminal": delta("terminal_events_total:applied") + dropped["terminal"],
+    }
+    if any(dropped.values()) and all(count >= n for count in handled.values()):
+        raise RuntimeError(
+            f"of {n} backlog events, {dropped['card']:.0f} were not counted at their card and "
+            f"{dropped['terminal']:.0f} not at their terminal (late or duplicate): see the "
+            "worker's fraudscore_stream_*_total{outcome=...} counters"
+        )
 
 
 def check_online(store: Any, workload: Workload) -> None:
