@@ -801,7 +801,7 @@ def to_row(state: CardState, dedup: bool = True) -> dict[str, Any]:
     if dedup:
         row.update(dedup_columns(state))
     else:
-        row["recent_ids"], row["recent_ms"] = [], []
+        row.update({name: [] for name in DEDUP_COLUMNS})
     return row
 
 
@@ -822,8 +822,13 @@ def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The columns of `to_row` that only the stream's dedup reads.
+DEDUP_COLUMNS = ("recent_ids", "recent_ms")
+
+
 def dedup_columns(state: CardState) -> dict[str, list[Any]]:
-    """The columns of `to_row` that only the stream's dedup reads: the recent ids."""
+    """The columns of `to_row` that only the stream's dedup reads: the recent ids
+    (DEDUP_COLUMNS)."""
     ids, times = _id_times_to_columns(state.recent)
     return {"recent_ids": ids, "recent_ms": times}
 

@@ -118,7 +118,7 @@ class CardHistory(_StateHistory):
         ),
         ("h_term_idx",),
     )
-    DEDUP = ("recent_ids", "recent_ms")
+    DEDUP = features.DEDUP_COLUMNS
     _TILE_NAMES = tuple(spec.name for spec in features.TILE_SPECS)
 
     def __init__(self) -> None:

@@ -31,9 +31,8 @@ def test_card_history_equals_the_rows_table_with_same_millisecond_rows() -> None
             history.complete(position, state)
             rows.append((card, ms, features.to_list_row(state)))
         else:
-            rows.append(
-                (card, ms, {**features.to_list_row(state), "recent_ids": [], "recent_ms": []})
-            )
+            empty = {name: [] for name in features.DEDUP_COLUMNS}
+            rows.append((card, ms, {**features.to_list_row(state), **empty}))
     table = history.table()
     expected = offline_store.card_state_table(rows)
     assert table.equals(expected)
