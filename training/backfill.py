@@ -196,7 +196,6 @@ class _Replay:
     terminal_shard: np.ndarray
     label_shard: np.ndarray | None
     allowed_lateness_ms: int
-    terminal_allowed_lateness_ms: int
     keep_states: bool
     applied: np.ndarray | None = None
 
@@ -302,7 +301,7 @@ def _fold_cards(replay: _Replay, shard: int) -> _CardResult:
             continue
         applied.append(position)
         writer.tick(event_ms)
-        writer.add(card_id, event_ms, state)
+        writer.add(card_id, features.history_stamp_ms(event_ms, state.last_event_ms), state)
         writer.tx_rows.append((tid, card_id, terminal_id, amount, event_ms))
     writer.flush()
     return _CardResult(
@@ -355,7 +354,6 @@ def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
                 strict=True,
             )
         )
-    lateness = replay.terminal_allowed_lateness_ms
     for kind, position in _timeline(txs, labels):
         if kind == 1:
             tid, terminal_id, is_fraud, transaction_ms, stamp_ms = label_columns[position]
@@ -372,9 +370,10 @@ def _fold_terminals(replay: _Replay, shard: int) -> _TerminalResult:
             state = terminals.get(terminal_id)
             if state is None:
                 state = terminals[terminal_id] = features.TerminalState()
-            outcome = features.apply_terminal_transaction(state, stamp_ms, lateness)
+            outcome = features.apply_terminal_transaction(state, stamp_ms)
         if outcome is not features.Outcome.APPLIED:
             continue
+        stamp_ms = features.history_stamp_ms(stamp_ms, state.last_event_ms)
         writer.tick(stamp_ms)
         writer.add(terminal_id, stamp_ms, state)
         stamps[terminal_id] = stamp_ms
@@ -432,7 +431,6 @@ def backfill(
     allowed_lateness_ms: int = 300_000,
     *,
     online: bool = True,
-    terminal_allowed_lateness_ms: int = 3_600_000,
     workers: int | None = None,
 ) -> BackfillStats:
     """Replay past transactions and labels into the offline store of a prepared repo (and
@@ -467,7 +465,6 @@ def backfill(
         terminal_shard=np.zeros(0, dtype=np.int64),
         label_shard=None,
         allowed_lateness_ms=allowed_lateness_ms,
-        terminal_allowed_lateness_ms=terminal_allowed_lateness_ms,
         keep_states=online,
     )
     # Terminals share one key space across both inputs: shard them together.

@@ -494,7 +494,7 @@ def measure_baseline(env_stack: Stack, store: Any, events: int, seed: int) -> di
                 card, txn.transaction_id, txn.event_ms, txn.amount, lateness_ms, txn.terminal_id
             )
             terminal = terminals.setdefault(txn.terminal_id, TerminalState())
-            features.apply_terminal_transaction(terminal, txn.event_ms, lateness_ms)
+            features.apply_terminal_transaction(terminal, txn.event_ms)
             stamp = pd.Timestamp(time.time_ns() // 1000, unit="us", tz="UTC")
             card_row = {feast_repo.ENTITY_KEY: txn.card_id, feast_repo.TIMESTAMP: stamp}
             card_row.update(features.to_list_row(card))

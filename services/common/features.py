@@ -336,6 +336,20 @@ class TerminalState:
         )
 
 
+def history_stamp_ms(stamp_ms: int, last_event_ms: int) -> int:
+    """The offline stamp of the state row written after an event stamped `stamp_ms` (a
+    transaction's time, a label's report time), `last_event_ms` being the state's newest
+    transaction time once the event is applied.
+
+    A row holds everything applied before it. Stamped at the own time of an event that came out
+    of order, it would hold transactions newer than its stamp, and a point-in-time read between
+    the two times would see the future, the transaction being scored included. Stamped at the
+    newest time it holds, it is never ahead of what a reader at that time could know. Applied
+    in time order (the backfill), both are the event's own time.
+    """
+    return stamp_ms if stamp_ms >= last_event_ms else last_event_ms
+
+
 def apply_transaction(
     state: CardState,
     transaction_id: str,
@@ -455,32 +469,44 @@ def claim_terminal_source(
     return True
 
 
-def apply_terminal_transaction(
-    state: TerminalState, event_ms: int, allowed_lateness_ms: int
-) -> Outcome:
-    """Count one transaction at the terminal, unless it is older than the terminal's newest by
-    more than the allowed lateness (LATE, as for a card: it would rewrite served history).
+def apply_terminal_transaction(state: TerminalState, event_ms: int) -> Outcome:
+    """Count one transaction at the terminal, in the tiles of its event time.
+
+    The terminal counts every transaction its card counted, in whatever order they reach it:
+    the card judged the lateness (`apply_transaction`), and a terminal's transactions come from
+    every card partition, which a worker consumes at paces of its own (the partitions of a
+    backlog drift apart by minutes of event time, more around a restart or a rebalance). A
+    lateness of its own would drop transactions the cards and the training backfill count.
+    Tiles already pruned are skipped, as for a label: no window a later read asks for holds
+    them, so the state is what counting in time order would have left. A transaction before
+    every retained day tile is LATE (counted in no window any more).
 
     Counting it once is the caller's part: the stream claims its source position first
     (`claim_terminal_source`); the backfill counts only what the cards counted, which
     deduplicated by transaction id.
     """
     last = state.last_event_ms
-    if last and event_ms < last - allowed_lateness_ms:
-        return Outcome.LATE
-    # Retention ends at whole tiles, all of them whole hours: within the newest hour nothing
-    # expires (and nothing older than what is retained is ever added).
-    expire = event_ms > last and event_ms // _TERMINAL_FINEST_MS != last // _TERMINAL_FINEST_MS
     tiles = state.tiles
+    if event_ms < last:
+        # Older than the newest: nothing expires, and a pruned tile is not brought back.
+        if event_ms // TERMINAL_DAY.ms <= last // TERMINAL_DAY.ms - TERMINAL_DAY.keep:
+            return Outcome.LATE
+        for name, tile_ms, keep in _TERMINAL_SPECS:
+            tile = event_ms // tile_ms
+            if tile > last // tile_ms - keep:
+                _count_at_terminal(tiles[name], tile, 1, 0, None)
+        return Outcome.APPLIED
+    # Retention ends at whole tiles, all of them whole hours: within the newest hour nothing
+    # expires.
+    expire = event_ms > last and event_ms // _TERMINAL_FINEST_MS != last // _TERMINAL_FINEST_MS
     for name, tile_ms, keep in _TERMINAL_SPECS:
         tile = event_ms // tile_ms
         _count_at_terminal(tiles[name], tile, 1, 0, tile - keep if expire else None)
-    if event_ms > last:
-        state.last_event_ms = event_ms
-        if expire:
-            # Kept: ms // day > oldest_day, i.e. ms >= (oldest_day + 1) * day.
-            oldest_day = event_ms // TERMINAL_DAY.ms - TERMINAL_DAY.keep
-            state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * TERMINAL_DAY.ms)
+    state.last_event_ms = event_ms
+    if expire:
+        # Kept: ms // day > oldest_day, i.e. ms >= (oldest_day + 1) * day.
+        oldest_day = event_ms // TERMINAL_DAY.ms - TERMINAL_DAY.keep
+        state.frauds = _expire_ids(state.frauds, (oldest_day + 1) * TERMINAL_DAY.ms)
     return Outcome.APPLIED
 
 

@@ -150,12 +150,6 @@ class StreamSettings(BaseSettings):
         "(faust's own is 1500 ms; brokers that answer a parked fetch only at its end add that "
         "much to each hop).",
     )
-    terminal_allowed_lateness_s: int = Field(
-        3600,
-        description="Transactions older than the terminal's latest by more are not counted at "
-        "the terminal. Larger than the card lateness: a terminal's events come from every card "
-        "partition, which a worker consumes at slightly different paces.",
-    )
     gc_gen0_threshold: int = Field(
         1_000_000,
         description="Allocations between the worker's young-generation garbage collections "

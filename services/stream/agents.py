@@ -368,12 +368,10 @@ class TerminalHandler:
         store: StoreCaller,
         dead_letters: DeadLetters,
         cache: StateCache[CachedTerminal],
-        allowed_lateness_ms: int,
     ) -> None:
         self.store = store
         self.dead_letters = dead_letters
         self.cache = cache
-        self.allowed_lateness_ms = allowed_lateness_ms
 
     async def handle(self, batch: Sequence[Record]) -> None:
         with tracing.batch_span("stream.terminals", batch):
@@ -393,9 +391,7 @@ class TerminalHandler:
             if misses:
                 terminals.update(await self.store.call("load", sink.load_terminals, misses))
             result = processor.fold_terminal_batch(
-                valid,
-                {terminal_id: entry.state for terminal_id, entry in terminals.items()},
-                self.allowed_lateness_ms,
+                valid, {terminal_id: entry.state for terminal_id, entry in terminals.items()}
             )
             for outcome, count in result.outcomes.items():
                 if count:

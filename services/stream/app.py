@@ -122,7 +122,6 @@ def make_app(
             store,
             agents.DeadLetters(dlq, "terminal"),
             terminal_cache,
-            allowed_lateness_ms=stream_settings.terminal_allowed_lateness_s * 1000,
         ),
         terminal_batch_size=terminal_partitions,
     )

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from services.common import events, features, offline_store
 from services.common.events import InvalidTransaction, ValidTransaction
-from services.common.features import CardState, Outcome, TerminalState
+from services.common.features import CardState, Outcome, TerminalState, history_stamp_ms
 from services.common.history import CardHistory, TerminalHistory
 from services.proto.fraudscore.v1 import transaction_pb2
 
@@ -184,7 +184,9 @@ def fold_batch(
             if outcome is not Outcome.APPLIED:
                 result.outcomes[outcome] += 1
                 continue
-            last = history.append(card_id, txn.event_ms, state)
+            last = history.append(
+                card_id, history_stamp_ms(txn.event_ms, state.last_event_ms), state
+            )
             result.transaction_rows.append(txn)
         if last >= 0:
             result.states[card_id] = state
@@ -528,13 +530,11 @@ class TerminalBatchResult:
         return self.positions
 
 
-def fold_terminal_event(
-    state: TerminalState, event: TerminalEvent, allowed_lateness_ms: int
-) -> Outcome:
+def fold_terminal_event(state: TerminalState, event: TerminalEvent) -> Outcome:
     """Apply one event, already claimed if a transaction (`claim_terminal_events`), to a
     terminal state in place."""
     if event.kind == "transaction":
-        return features.apply_terminal_transaction(state, event.transaction_ms, allowed_lateness_ms)
+        return features.apply_terminal_transaction(state, event.transaction_ms)
     return features.apply_terminal_label(
         state, event.transaction_id, event.transaction_ms, event.is_fraud
     )
@@ -578,7 +578,6 @@ def claim_terminal_events(
 def fold_terminal_batch(
     terminal_events: Sequence[TerminalEvent],
     states: Mapping[str, TerminalState | None],
-    allowed_lateness_ms: int,
 ) -> TerminalBatchResult:
     """Apply a batch to the terminals' states in place (as `fold_batch`): per terminal,
     replays dropped as DUPLICATE (`claim_terminal_events`), the rest applied in time order.
@@ -602,9 +601,11 @@ def fold_terminal_batch(
         fresh.sort(key=TerminalEvent.order)
         last = -1
         for event in fresh:
-            outcome = fold_terminal_event(state, event, allowed_lateness_ms)
+            outcome = fold_terminal_event(state, event)
             if outcome is Outcome.APPLIED:
-                last = history.append(terminal_id, event.stamp_ms, state)
+                last = history.append(
+                    terminal_id, history_stamp_ms(event.stamp_ms, state.last_event_ms), state
+                )
             else:
                 result.outcomes[outcome] += 1
         if last >= 0:

@@ -98,9 +98,9 @@ def make_transactions(
 ) -> list[transaction_pb2.Transaction]:
     """`n` valid transactions in event-time order over `span_ms`.
 
-    Keep `span_ms` under the terminal lateness (1 h): workers consume partitions at their own
-    pace (more so around a kill or a rebalance), and a terminal event more than the lateness
-    behind its terminal's newest would be LATE in the stream but counted by the batch fold.
+    Several workers, or one behind, consume the partitions at paces of their own: a card's
+    transactions stay in order, but a terminal gets them from every partition, out of order
+    (and counts them all: `features.apply_terminal_transaction`).
     """
     rng = random.Random(seed)
     times = sorted(start_ms + rng.randrange(span_ms) for _ in range(n))
@@ -131,7 +131,6 @@ class Expected:
 def recompute(
     txns: Iterable[transaction_pb2.Transaction],
     card_lateness_ms: int = StreamSettings().allowed_lateness_s * 1000,
-    terminal_lateness_ms: int = StreamSettings().terminal_allowed_lateness_s * 1000,
 ) -> Expected:
     """Fold the transactions in event order (ties: as given), once each, as one process would."""
     ordered = sorted(txns, key=lambda t: t.event_time.ToMilliseconds())
@@ -152,7 +151,7 @@ def recompute(
             continue
         applied += 1
         features.apply_terminal_transaction(
-            terminals.setdefault(txn.terminal_id, TerminalState()), event_ms, terminal_lateness_ms
+            terminals.setdefault(txn.terminal_id, TerminalState()), event_ms
         )
     return Expected(
         cards={card: features.to_list_row(state) for card, state in cards.items()},

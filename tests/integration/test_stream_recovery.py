@@ -177,6 +177,48 @@ def test_a_worker_killed_mid_stream_and_restarted_ends_at_the_batch_recomputatio
     assert restarted.stop() == 0, restarted.tail()
 
 
+def test_transactions_hours_behind_their_terminals_newest_are_all_counted(
+    launcher: WorkerLauncher, online: OnlineState, fresh_topics: KafkaSettings
+) -> None:
+    """A worker consumes its card partitions at paces of its own, so a terminal can get a
+    transaction hours behind the newest it counted (one partition drained far ahead of
+    another: a backlog, a restart). Each was counted by its card and is counted by the
+    recomputation and the training backfill, so the terminal counts it too: here half the cards
+    are handled to the end of a 6-hour span before the other half's first transaction arrives,
+    at the same terminals."""
+    txns = make_transactions(
+        f"sk{uuid.uuid4().hex[:6]}-", 3000, 120, 12, span_ms=6 * 3_600_000, seed=4
+    )
+    cards = sorted({t.card_id for t in txns})
+    ahead = set(cards[: len(cards) // 2])
+    first = [t for t in txns if t.card_id in ahead]
+    behind = [t for t in txns if t.card_id not in ahead]
+    worker = launcher.start()
+    produced = produce(fresh_topics, first)
+    wait_until(
+        lambda: (
+            worker.metric("fraudscore_stream_applied_online_total", view="terminal") >= len(first)
+        ),
+        START_S,
+        "the first half counted at the terminals",
+        check=worker.check_alive,
+    )
+    for partition, high in produce(fresh_topics, behind).items():
+        produced[partition] = max(produced.get(partition, -1), high)
+    expected = recompute(txns)
+    assert expected.applied == len(txns)
+    finish(launcher, online, expected, produced, [worker])
+    assert outcomes(worker) == {"applied": len(txns), "duplicate": 0, "late": 0}
+    terminal = {
+        outcome: worker.metric(
+            "fraudscore_stream_terminal_events_total", kind="all", outcome=outcome
+        )
+        for outcome in ("applied", "duplicate", "late")
+    }
+    assert terminal == {"applied": len(txns), "duplicate": 0, "late": 0}
+    assert worker.stop() == 0, worker.tail()
+
+
 def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_stops(
     launcher: WorkerLauncher, online: OnlineState, fresh_topics: KafkaSettings
 ) -> None:

@@ -329,7 +329,7 @@ def test_direct_redis_writes_are_byte_for_byte_what_a_feast_push_writes(
     empty = CardState(last_event_ms=T0)  # every list column empty
     terminal = features.TerminalState()
     for i in range(30):
-        features.apply_terminal_transaction(terminal, T0 + i * 1000, 3_600_000)
+        features.apply_terminal_transaction(terminal, T0 + i * 1000)
         features.claim_terminal_source(terminal, i % 2, i, T0 + i * 1000, T0)
     features.apply_terminal_label(terminal, "x3", T0 + 3000, True)
     stamp_us = T0 * 1000 + 123_456

@@ -147,7 +147,7 @@ def plain_features(
         )
         # A terminal counts what its card counted, as the stream forwards it.
         if outcome is features.Outcome.APPLIED:
-            features.apply_terminal_transaction(terminal, when, 3_600_000)
+            features.apply_terminal_transaction(terminal, when)
     return out, states
 
 

@@ -190,8 +190,8 @@ def test_amount_zscore_uses_the_30_day_mean_and_spread() -> None:
 def test_terminal_risk_counts_frauds_from_when_their_labels_arrive() -> None:
     state = features.TerminalState()
     apply = features.apply_terminal_transaction
-    assert apply(state, T0, LATE) is Outcome.APPLIED
-    assert apply(state, T0 + 1000, LATE) is Outcome.APPLIED
+    assert apply(state, T0) is Outcome.APPLIED
+    assert apply(state, T0 + 1000) is Outcome.APPLIED
     before = features.terminal_features(state, T0 + 2000)
     assert (before["terminal_count_1d"], before["terminal_risk_1d"]) == (2, 0.0)
     assert features.apply_terminal_label(state, "a", T0, True) is Outcome.APPLIED
@@ -222,7 +222,7 @@ def test_terminal_claims_each_source_record_once_per_partition() -> None:
         ms = T0 + offset * 1000
         claimed = features.claim_terminal_source(state, partition, offset, ms, state.last_event_ms)
         if claimed:
-            features.apply_terminal_transaction(state, ms, LATE)
+            features.apply_terminal_transaction(state, ms)
         return claimed
 
     assert [claim(0, offset) for offset in (5, 6, 9)] == [True, True, True]
@@ -249,14 +249,14 @@ def test_a_recreated_transactions_topic_is_not_taken_for_replays() -> None:
     for offset in range(100, 110):
         ms = T0 + offset * 1000
         assert claim(offset, ms)
-        features.apply_terminal_transaction(state, ms, LATE)
+        features.apply_terminal_transaction(state, ms)
     newest = state.last_event_ms
     # A replay of an old record: not newer than the terminal's newest.
     assert not claim(105, T0 + 105_000)
     # The new topic's first records: offsets from 0, times after the terminal's newest.
     assert claim(0, newest + 1)
     assert state.sources == {0: 0}
-    features.apply_terminal_transaction(state, newest + 1, LATE)
+    features.apply_terminal_transaction(state, newest + 1)
     assert claim(1, newest + 2)
     # ... and a replay of those is a replay again.
     assert not claim(0, newest + 1)
@@ -268,7 +268,7 @@ def test_terminal_tiles_and_frauds_expire_as_the_hours_go_by() -> None:
     state = features.TerminalState()
     for minute in range(0, 60 * 24 * 60, 7):
         ms = T0 + minute * 60_000
-        assert features.apply_terminal_transaction(state, ms, LATE) is Outcome.APPLIED
+        assert features.apply_terminal_transaction(state, ms) is Outcome.APPLIED
         if minute % 1440 < 7:  # a fraud on each day's first transaction
             features.apply_terminal_label(state, f"x{minute}", ms, True)
     last_hour = state.last_event_ms // features.HOUR.ms
@@ -279,13 +279,32 @@ def test_terminal_tiles_and_frauds_expire_as_the_hours_go_by() -> None:
     assert min(state.frauds.values()) // features.TERMINAL_DAY.ms == state.tiles["d"].idx[0]
 
 
-def test_terminal_transaction_older_than_the_lateness_is_late() -> None:
+def test_terminal_counts_older_transactions_in_their_tiles_except_pruned_ones() -> None:
+    """A terminal counts every transaction its card counted, in whatever order they come: one
+    hours behind the newest lands in its hour and day; one more than a day behind only in its
+    day (its hour tile is pruned and stays so); one before every retained day tile is LATE.
+    The state equals that of counting the same transactions in time order."""
+    hour_ms = features.HOUR.ms
+    newest = T0 + 40 * DAY_MS
+    times = [newest, newest - 5 * hour_ms, newest - 2 * DAY_MS, newest - 3 * hour_ms - 1]
     state = features.TerminalState()
-    apply = features.apply_terminal_transaction
-    assert apply(state, T0, LATE) is Outcome.APPLIED
-    assert apply(state, T0 - LATE, LATE) is Outcome.APPLIED
-    assert apply(state, T0 - LATE - 1, LATE) is Outcome.LATE
-    assert features.terminal_features(state, T0)["terminal_count_1d"] == 2
+    assert [features.apply_terminal_transaction(state, ms) for ms in times] == [
+        Outcome.APPLIED
+    ] * len(times)
+    in_order = features.TerminalState()
+    for ms in sorted(times):
+        features.apply_terminal_transaction(in_order, ms)
+    assert features.terminal_to_row(state) == features.terminal_to_row(in_order)
+    assert state.last_event_ms == newest
+    assert features.terminal_features(state, newest + 1)["terminal_count_1d"] == 3
+    assert features.terminal_features(state, newest + 1)["terminal_count_7d"] == 4
+    assert newest // hour_ms - 2 * DAY_MS // hour_ms not in state.tiles["h"].idx
+    gone = newest - features.TERMINAL_DAY.keep * DAY_MS
+    assert features.apply_terminal_transaction(state, gone) is Outcome.LATE
+    assert features.terminal_to_row(state) == features.terminal_to_row(in_order)
+    oldest_kept = (newest // DAY_MS - features.TERMINAL_DAY.keep + 1) * DAY_MS
+    assert features.apply_terminal_transaction(state, oldest_kept) is Outcome.APPLIED
+    assert state.tiles["d"].idx[0] == oldest_kept // DAY_MS
 
 
 def test_amount_ratio_compares_with_the_cards_mean_before_the_transaction() -> None:
@@ -329,14 +348,14 @@ def _terminal_with_history() -> features.TerminalState:
     state = features.TerminalState()
     apply = features.apply_terminal_transaction
     for i in range(4):
-        apply(state, T0 + i * 1000, LATE)
-    apply(state, T0 + 2 * DAY_MS, LATE)
+        apply(state, T0 + i * 1000)
+    apply(state, T0 + 2 * DAY_MS)
     features.apply_terminal_label(state, "d0-0", T0, True)
     for i in range(2):
-        apply(state, T0 + 3 * DAY_MS + i, LATE)
+        apply(state, T0 + 3 * DAY_MS + i)
     for i in range(2):
         features.apply_terminal_label(state, f"d3-{i}", T0 + 3 * DAY_MS + i, True)
-    apply(state, T0 + 9 * DAY_MS, LATE)
+    apply(state, T0 + 9 * DAY_MS)
     return state
 
 
@@ -375,7 +394,7 @@ def test_delayed_windows_end_label_delay_days_before_the_read() -> None:
     assert math.isnan(early["terminal_delayed_risk_30d"])
     # 37 days on, the day-0 tile is still inside the delayed 30 d window (t - 37 d, t - 7 d].
     state_later = _terminal_with_history()
-    features.apply_terminal_transaction(state_later, T0 + 36 * DAY_MS, LATE)
+    features.apply_terminal_transaction(state_later, T0 + 36 * DAY_MS)
     late = features.terminal_features(state_later, T0 + 36 * DAY_MS + 1)
     assert late["terminal_delayed_count_30d"] == 8
     assert late["terminal_delayed_risk_30d"] == 0.375
@@ -385,7 +404,7 @@ def test_delayed_windows_end_label_delay_days_before_the_read() -> None:
 
 def test_label_for_a_transaction_older_than_every_window_is_late() -> None:
     state = features.TerminalState()
-    features.apply_terminal_transaction(state, T0 + 40 * 86_400_000, LATE)
+    features.apply_terminal_transaction(state, T0 + 40 * 86_400_000)
     assert features.apply_terminal_label(state, "ancient", T0, True) is Outcome.LATE
     assert state.frauds == {}
 

@@ -53,7 +53,7 @@ def test_terminal_history_equals_the_rows_table() -> None:
         if rng.random() < 0.2:
             features.apply_terminal_label(state, f"x{i}", now - 86_400_000, True)
         else:
-            features.apply_terminal_transaction(state, now, 300_000)
+            features.apply_terminal_transaction(state, now)
         state.sources[0] = i
         position = history.append(terminal, now, state)
         if rng.random() < 0.3:

@@ -322,7 +322,7 @@ async def test_transactions_forwarded_again_after_a_crash_count_once_at_their_te
         states: dict[str, features.TerminalState | None] = {}
         for start in range(0, len(messages), size):
             batch = [e for events_of in messages[start : start + size] for e in events_of]
-            states.update(processor.fold_terminal_batch(batch, states, 3_600_000).states)
+            states.update(processor.fold_terminal_batch(batch, states).states)
         (state,) = states.values()  # every transaction is at terminal "t"
         assert state is not None
         assert features.terminal_features(state, T0 + 7000)["terminal_count_1d"] == 30, size

@@ -308,7 +308,7 @@ def test_terminal_events_round_trip_and_fold_in_time_order() -> None:
     assert [(e.source_partition, e.source_offset) for e in sent] == [(-1, -1), (2, 41), (2, 40)]
     parsed = processor.parse_terminal_events(processor.encode_terminal_events(sent))
     assert parsed == [*sent[1:], sent[0]]  # transactions, then labels
-    result = processor.fold_terminal_batch(parsed, {}, LATENESS_MS)
+    result = processor.fold_terminal_batch(parsed, {})
     # The label (reported at x2's millisecond) comes after x2, stamped with its reported time.
     assert [(stamp, row["t_d_fraud"]) for _, stamp, row in result.state_rows] == [
         (T0 + 5, [0]),
@@ -425,7 +425,7 @@ def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_r
     ]
     events.append(txn_event("ta", T0, 100))  # the first one again
     events.append(label_event("ta", "x2", T0 + 2000, T0 + 9000))
-    result = processor.fold_terminal_batch(events, {}, 3_600_000)
+    result = processor.fold_terminal_batch(events, {})
 
     replay: dict[str, features.TerminalState] = {}
     expected = []
@@ -433,7 +433,7 @@ def test_terminal_history_rows_carry_dedup_columns_only_in_each_terminals_last_r
         events[:-2] + events[-1:], key=lambda e: (e.terminal_id != "ta", e.order())
     ):
         state = replay.setdefault(event.terminal_id, features.TerminalState())
-        if processor.fold_terminal_event(state, event, 3_600_000) is Outcome.APPLIED:
+        if processor.fold_terminal_event(state, event) is Outcome.APPLIED:
             expected.append(
                 (event.terminal_id, event.stamp_ms, features.terminal_to_list_row(state))
             )
@@ -470,19 +470,17 @@ def test_redelivered_terminal_message_is_duplicate() -> None:
     )
     events = processor.parse_terminal_events(message)
     assert isinstance(events, list)
-    first = processor.fold_terminal_batch(events, {}, 3_600_000)
+    first = processor.fold_terminal_batch(events, {})
     assert first.outcomes[Outcome.APPLIED] == 12
-    again = processor.fold_terminal_batch(events, first.states, 3_600_000)
+    again = processor.fold_terminal_batch(events, first.states)
     assert again.outcomes[Outcome.DUPLICATE] == 12
     assert again.states == {} and again.state_rows == []
-    twice = processor.fold_terminal_batch(events + events, {}, 3_600_000)
+    twice = processor.fold_terminal_batch(events + events, {})
     assert (twice.outcomes[Outcome.APPLIED], twice.outcomes[Outcome.DUPLICATE]) == (12, 12)
     assert twice.final_rows() == first.final_rows()
     # The claims survive the store: a terminal read back from its row still knows them.
     restored = {t: features.terminal_from_row(row) for t, row in first.final_rows().items()}
-    assert (
-        processor.fold_terminal_batch(events, restored, 3_600_000).outcomes[Outcome.DUPLICATE] == 12
-    )
+    assert processor.fold_terminal_batch(events, restored).outcomes[Outcome.DUPLICATE] == 12
 
 
 def test_reforwarded_transactions_after_a_crash_are_duplicate() -> None:
@@ -493,12 +491,12 @@ def test_reforwarded_transactions_after_a_crash_are_duplicate() -> None:
     original = [txn_event("t1", T0 + 1000 * (i % 5), offset=i) for i in range(10)]
     replay = [txn_event("t1", T0 + 1000 * (i % 5), offset=i) for i in range(6)]
     replay_rest = [txn_event("t1", T0 + 1000 * (i % 5), offset=i) for i in range(6, 14)]
-    first = processor.fold_terminal_batch(original, {}, 3_600_000)
-    second = processor.fold_terminal_batch(replay, first.states, 3_600_000)
+    first = processor.fold_terminal_batch(original, {})
+    second = processor.fold_terminal_batch(replay, first.states)
     assert (second.outcomes[Outcome.DUPLICATE], second.states) == (6, {})
-    third = processor.fold_terminal_batch(replay_rest, first.states, 3_600_000)
+    third = processor.fold_terminal_batch(replay_rest, first.states)
     assert (third.outcomes[Outcome.DUPLICATE], third.outcomes[Outcome.APPLIED]) == (4, 4)
-    together = processor.fold_terminal_batch(original + replay + replay_rest, {}, 3_600_000)
+    together = processor.fold_terminal_batch(original + replay + replay_rest, {})
     assert together.outcomes[Outcome.APPLIED] == 14
     for states in (third.states, together.states):
         assert features.terminal_features(states["t1"], T0 + 5000)["terminal_count_1d"] == 14
@@ -515,7 +513,7 @@ def test_events_from_two_source_partitions_interleaved_are_all_applied() -> None
         txn_event("t1", T0 + 2000, offset=901, partition=1),
         txn_event("t1", T0 + 5000, offset=11, partition=0),
     ]
-    result = processor.fold_terminal_batch(events, {}, 3_600_000)
+    result = processor.fold_terminal_batch(events, {})
     assert result.outcomes[Outcome.APPLIED] == 5
     assert [stamp for _, stamp, _ in result.state_rows] == [T0 + 1000 * i for i in range(1, 6)]
     assert result.states["t1"].sources == {0: 12, 1: 901}
@@ -525,7 +523,7 @@ def test_events_from_two_source_partitions_interleaved_are_all_applied() -> None
         txn_event("t1", T0 + 5000, offset=11, partition=0),
         txn_event("t1", T0 + 7000, offset=13, partition=0),
     ]
-    next_batch = processor.fold_terminal_batch(later, result.states, 3_600_000)
+    next_batch = processor.fold_terminal_batch(later, result.states)
     assert (next_batch.outcomes[Outcome.APPLIED], next_batch.outcomes[Outcome.DUPLICATE]) == (2, 1)
     assert next_batch.states["t1"].sources == {0: 13, 1: 902}
 
@@ -537,7 +535,6 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
     import random
 
     rng = random.Random(11)
-    lateness_ms = 3_600_000
     states: dict[str, features.TerminalState] = {}
     replay: dict[str, features.TerminalState] = {}
     now, n = T0, 0
@@ -554,21 +551,20 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
                 tid = f"x{rng.randint(0, n)}"
                 events.append(label_event(terminal, tid, txn_ms, now, rng.random() < 0.8))
             else:
-                ms = now - rng.choice([0, 0, 60_000, 2 * lateness_ms])
+                ms = now - rng.choice([0, 0, 60_000, 2 * 3_600_000, 3 * 86_400_000])
                 event = txn_event(terminal, ms, offset=n)
                 events.append(event)
                 if rng.random() < 0.1:
                     replayed.append(event)
-        result = processor.fold_terminal_batch(events + replayed, states, lateness_ms)
+        result = processor.fold_terminal_batch(events + replayed, states)
         assert result.outcomes[Outcome.DUPLICATE] >= len(replayed)
         states.update(result.states)
         expected = []
         for event in sorted(events, key=lambda e: (e.terminal_id, e.order())):
             state = replay.setdefault(event.terminal_id, features.TerminalState())
-            if processor.fold_terminal_event(state, event, lateness_ms) is Outcome.APPLIED:
-                expected.append(
-                    (event.terminal_id, event.stamp_ms, features.terminal_to_list_row(state))
-                )
+            if processor.fold_terminal_event(state, event) is Outcome.APPLIED:
+                stamp = features.history_stamp_ms(event.stamp_ms, state.last_event_ms)
+                expected.append((event.terminal_id, stamp, features.terminal_to_list_row(state)))
         got = sorted(result.state_rows, key=lambda r: r[0])  # stable: per terminal in order
         assert len(got) == len(expected)
         for (terminal, stamp, row), (e_terminal, e_stamp, e_row) in zip(got, expected, strict=True):
@@ -577,3 +573,32 @@ def test_terminal_history_rows_equal_a_replay_while_tiles_come_and_go() -> None:
                 k: v for k, v in e_row.items() if k not in dedup
             }
     assert sum(len(s.tiles["h"].idx) for s in states.values()) > 0
+
+
+def test_a_history_row_never_holds_a_transaction_newer_than_its_stamp() -> None:
+    """Events that come out of order (a card's within its lateness, a terminal's from a card
+    partition consumed behind the others) are applied, and the row after one is stamped at the
+    newest transaction it holds: a point-in-time read at any time sees no later transaction,
+    the one being scored included."""
+    newest = T0 + 40 * 60_000
+    # A batch applies each card's transactions in event order; the next batch brings an older.
+    card = processor.fold_batch([valid("a", "c", newest)], {}, LATENESS_MS).states
+    cards = processor.fold_batch([valid("b", "c", newest - 60_000)], card, LATENESS_MS)
+    assert cards.outcomes[Outcome.APPLIED] == 1
+    assert [stamp for _, stamp, _ in cards.history.rows()] == [newest]
+    assert card["c"].day_tile_count() == 2
+
+    hour = 3_600_000
+    first = processor.fold_terminal_batch([txn_event("t", newest, offset=0)], {})
+    later = processor.fold_terminal_batch(
+        [
+            txn_event("t", newest - 3 * hour, offset=0, partition=1),
+            label_event("t", "x", newest - 3 * hour, newest - 2 * hour),
+            txn_event("t", newest + 5, offset=1),
+        ],
+        first.states,
+    )
+    rows = later.history.rows()
+    assert [stamp for _, stamp, _ in rows] == [newest, newest, newest + 5]
+    state = first.states["t"]
+    assert features.terminal_features(state, newest + 6)["terminal_count_1d"] == 3

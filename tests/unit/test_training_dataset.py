@@ -49,7 +49,7 @@ def history(
             features.apply_transaction(
                 state, item.transaction_id, stamp, item.amount, LATENESS, item.terminal_id
             )
-            features.apply_terminal_transaction(terminal, stamp, LATENESS)
+            features.apply_terminal_transaction(terminal, stamp)
             card_rows.append(
                 {
                     "card_id": item.card_id,

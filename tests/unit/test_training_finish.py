@@ -50,7 +50,7 @@ def _random_rows(seed: int, n: int) -> tuple[pd.DataFrame, np.ndarray]:
         card = cards.setdefault(card_id, features.CardState())
         features.apply_transaction(card, f"x{i}", now, amount, LATENESS, terminal_id)
         terminal = terminals.setdefault(terminal_id, features.TerminalState())
-        features.apply_terminal_transaction(terminal, now, LATENESS)
+        features.apply_terminal_transaction(terminal, now)
         if rnd.random() < 0.2:
             features.apply_terminal_label(terminal, f"x{i}", now, True)
     return pd.DataFrame(rows), np.asarray(expected, dtype=np.float64)
