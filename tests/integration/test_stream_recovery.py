@@ -145,11 +145,11 @@ def test_a_worker_killed_mid_stream_and_restarted_ends_at_the_batch_recomputatio
     assert expected.applied == n
     produced = produce(fresh_topics, txns)
 
-    # Small batches: a worker behind takes up to 32 batches in one handover, so at the default
+    # Small batches: a worker behind takes up to 64 batches in one handover, so at the default
     # size this whole backlog could be one batch, written before any kill could land in it.
-    victim = launcher.start(batch_size=25)
+    victim = launcher.start(batch_size=12)
     # Killed once a first batch is written online (not merely folded: a busy worker's first
-    # handover may hold 800 of the backlog), so the restart has stored states to resume from.
+    # handover may hold 768 of the backlog), so the restart has stored states to resume from.
     wait_until(
         lambda: victim.metric("fraudscore_stream_applied_online_total", view="card") >= n // 10,
         START_S,
