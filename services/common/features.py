@@ -486,16 +486,10 @@ def apply_terminal_transaction(state: TerminalState, event_ms: int) -> Outcome:
     deduplicated by transaction id.
     """
     last = state.last_event_ms
-    tiles = state.tiles
     if event_ms < last:
-        # Older than the newest: nothing expires, and a pruned tile is not brought back.
-        if event_ms // TERMINAL_DAY.ms <= last // TERMINAL_DAY.ms - TERMINAL_DAY.keep:
-            return Outcome.LATE
-        for name, tile_ms, keep in _TERMINAL_SPECS:
-            tile = event_ms // tile_ms
-            if tile > last // tile_ms - keep:
-                _count_at_terminal(tiles[name], tile, 1, 0, None)
-        return Outcome.APPLIED
+        # Older than the newest: nothing expires.
+        return Outcome.APPLIED if _count_in_retained_tiles(state, event_ms, 1, 0) else Outcome.LATE
+    tiles = state.tiles
     # Retention ends at whole tiles, all of them whole hours: within the newest hour nothing
     # expires.
     expire = event_ms > last and event_ms // _TERMINAL_FINEST_MS != last // _TERMINAL_FINEST_MS
@@ -550,18 +544,30 @@ def apply_terminal_label(
         return Outcome.IGNORED
     if transaction_id in state.frauds:
         return Outcome.DUPLICATE
-    last_day = state.last_event_ms // TERMINAL_DAY.ms
-    if state.last_event_ms and transaction_ms // TERMINAL_DAY.ms <= last_day - TERMINAL_DAY.keep:
+    if not _count_in_retained_tiles(state, transaction_ms, 0, 1):
         return Outcome.LATE
-    for name, tile_ms, keep in _TERMINAL_SPECS:
-        idx = transaction_ms // tile_ms
-        # A tile already pruned is outside every window a later read can ask for: skip it
-        # rather than resurrect it.
-        if state.last_event_ms and idx <= state.last_event_ms // tile_ms - keep:
-            continue
-        _count_at_terminal(state.tiles[name], idx, 0, 1, None)
     state.frauds[transaction_id] = transaction_ms
     return Outcome.APPLIED
+
+
+def _count_in_retained_tiles(
+    state: TerminalState, event_ms: int, transactions: int, frauds: int
+) -> bool:
+    """Add to the tiles of `event_ms` that are still retained, pruning nothing; False (nothing
+    added) when `event_ms` lies before every retained day tile.
+
+    A tile already pruned is outside every window a later read can ask for: it is skipped
+    rather than resurrected, which leaves what counting in time order and pruning would have.
+    """
+    last = state.last_event_ms
+    if last and event_ms // TERMINAL_DAY.ms <= last // TERMINAL_DAY.ms - TERMINAL_DAY.keep:
+        return False
+    tiles = state.tiles
+    for name, tile_ms, keep in _TERMINAL_SPECS:
+        tile = event_ms // tile_ms
+        if not last or tile > last // tile_ms - keep:
+            _count_at_terminal(tiles[name], tile, transactions, frauds, None)
+    return True
 
 
 def _terminal_window(state: TerminalState, window: Window, now_ms: int) -> tuple[float, float]:
